@@ -1,0 +1,129 @@
+import type { Clock } from "../clock.js";
+import type { Queryable } from "../db/database.js";
+import { HarmonyError } from "../errors.js";
+import {
+  emailKey,
+  normalizePassword,
+  validateEmail,
+  validateNewPassword,
+  validateUsername,
+} from "./account-rules.js";
+import { authErrors } from "./auth-errors.js";
+import type { PasswordHasher } from "./password-hasher.js";
+import { randomUserId } from "./random-ids.js";
+import type { UserStore } from "./stores.js";
+
+/** A login whose password matched, ready to be turned into a session. */
+export interface VerifiedLogin {
+  readonly userId: bigint;
+  /** A hash with current parameters to store in place of `from`, when the old one is outdated. */
+  readonly rehash?: { readonly from: string; readonly to: string };
+}
+
+/** A registration that passed every rule and whose password is hashed. */
+export interface PreparedRegistration {
+  readonly email: string;
+  readonly emailKey: string;
+  readonly username: string;
+  readonly usernameKey: string;
+  readonly passwordHash: string;
+}
+
+export interface Accounts {
+  /**
+   * Checks an email and password. Unknown email, an account without a password
+   * and a wrong password all fail alike (`h.bad-password\nh.bad-email`), after
+   * one argon2id verification each.
+   */
+  verifyLogin(email: string, password: string): Promise<VerifiedLogin>;
+  /** Stores an outdated hash's replacement, inside the login's transaction. */
+  finishLogin(q: Queryable, login: VerifiedLogin): Promise<void>;
+  /** Validates a registration and hashes its password; nothing is written. */
+  prepareRegistration(input: {
+    email: string;
+    username: string;
+    password: string;
+  }): Promise<PreparedRegistration>;
+  /**
+   * Creates the account inside the caller's transaction; throws
+   * `h.already-registered` when the email or username was taken meanwhile.
+   */
+  createAccount(q: Queryable, prepared: PreparedRegistration): Promise<bigint>;
+}
+
+export type AccountsDeps = {
+  readonly db: Queryable;
+  readonly clock: Clock;
+  readonly hasher: PasswordHasher;
+  readonly commonPasswords: ReadonlySet<string>;
+  readonly userStore: UserStore;
+};
+
+export async function createAccounts(deps: AccountsDeps): Promise<Accounts> {
+  const { db, clock, hasher, commonPasswords, userStore } = deps;
+  // Verified in place of a missing account's hash, so an unknown email costs
+  // the same argon2id work as a wrong password.
+  const dummyHash = await hasher.hash(`cadenza-dummy-${randomUserId()}`);
+
+  const alreadyRegistered = (what: "email" | "username"): HarmonyError =>
+    new HarmonyError(authErrors.alreadyRegistered, {
+      message:
+        what === "email"
+          ? "an account with this email already exists; log in instead"
+          : "this username is taken; choose another",
+    });
+
+  return {
+    async verifyLogin(email, password) {
+      const user = await userStore.findByEmailKey(db, emailKey(email));
+      const hash = user?.passwordHash ?? dummyHash;
+      const ok = await hasher.verify(hash, normalizePassword(password));
+      if (!ok || !user || user.passwordHash === null) {
+        throw new HarmonyError(authErrors.badCredentials);
+      }
+      if (!hasher.needsRehash(hash)) return { userId: user.id };
+      return {
+        userId: user.id,
+        rehash: { from: hash, to: await hasher.hash(normalizePassword(password)) },
+      };
+    },
+
+    async finishLogin(q, login) {
+      if (login.rehash) {
+        await userStore.replacePasswordHash(q, login.userId, login.rehash.from, login.rehash.to);
+      }
+    },
+
+    async prepareRegistration(input) {
+      const email = validateEmail(input.email);
+      const username = validateUsername(input.username);
+      const password = validateNewPassword(
+        input.password,
+        { email: email.email, username: username.username },
+        commonPasswords,
+      );
+      // Fail fast, before the costly hash; the unique index decides races.
+      const taken = await userStore.taken(db, email.key, username.key);
+      if (taken) throw alreadyRegistered(taken);
+      return {
+        email: email.email,
+        emailKey: email.key,
+        username: username.username,
+        usernameKey: username.key,
+        passwordHash: await hasher.hash(password),
+      };
+    },
+
+    async createAccount(q, prepared) {
+      // A random 63-bit ID collides about never; when it does, draw again.
+      for (let attempt = 0; attempt < 8; attempt++) {
+        const id = randomUserId();
+        const result = await userStore.insert(q, { id, ...prepared, createdAt: clock.now() });
+        if (result === "created") return id;
+        if (result === "email-taken") throw alreadyRegistered("email");
+        if (result === "username-taken") throw alreadyRegistered("username");
+      }
+      throw new Error("could not draw an unused user ID in 8 attempts");
+    },
+  };
+}

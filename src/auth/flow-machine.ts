@@ -1,0 +1,285 @@
+import { HarmonyError } from "../errors.js";
+import { authErrors } from "./auth-errors.js";
+
+/**
+ * The auth flow as a pure state machine (diagram: flow-machine.md). It takes a
+ * flow, what the client sent and the time, and returns the next state and the
+ * step to show, or a submission for the caller to carry out (checking a
+ * password, creating an account); it never does I/O itself.
+ */
+
+/** The steps a flow can stand on. */
+export type StepName = "initial" | "login" | "register" | "other-options";
+
+/** A flow's state: the steps taken, the current one last. */
+export interface FlowState {
+  readonly stack: readonly StepName[];
+}
+
+export interface FlowRecord {
+  readonly state: FlowState;
+  readonly expiresAt: number;
+  readonly done: boolean;
+}
+
+export type FormFieldType = "email" | "password" | "new-password" | "text" | "number";
+
+export interface FormFieldSpec {
+  readonly name: string;
+  readonly type: FormFieldType;
+}
+
+/** A step as the client sees it, independent of the wire format. */
+export type StepView =
+  | {
+      readonly kind: "choice";
+      readonly title: string;
+      readonly options: readonly string[];
+      readonly canGoBack: boolean;
+    }
+  | {
+      readonly kind: "form";
+      readonly title: string;
+      readonly fields: readonly FormFieldSpec[];
+      readonly canGoBack: boolean;
+    }
+  | { readonly kind: "session"; readonly userId: bigint; readonly sessionToken: string };
+
+/** One value of a submitted form, as it arrived. */
+export type FormValue =
+  | { readonly kind: "bytes"; readonly value: Uint8Array }
+  | { readonly kind: "string"; readonly value: string }
+  | { readonly kind: "number"; readonly value: bigint }
+  | { readonly kind: "unset" };
+
+export type FlowInput =
+  | { readonly kind: "current" }
+  | { readonly kind: "choice"; readonly choice: string }
+  | { readonly kind: "form"; readonly values: readonly FormValue[] }
+  | { readonly kind: "back" };
+
+/** What the server offers; fixed by configuration. */
+export interface FlowPolicy {
+  readonly registration: boolean;
+  /**
+   * The options of the `other-options` choice: only what is really offered,
+   * each a step this machine knows how to show.
+   */
+  readonly otherOptions: readonly StepName[];
+}
+
+export type Submission =
+  | { readonly kind: "login"; readonly email: string; readonly password: string }
+  | {
+      readonly kind: "register";
+      readonly email: string;
+      readonly username: string;
+      readonly password: string;
+    };
+
+export type Outcome =
+  | { readonly kind: "step"; readonly state: FlowState; readonly step: StepView }
+  | { readonly kind: "submit"; readonly submission: Submission };
+
+const loginFields: readonly FormFieldSpec[] = [
+  { name: "email", type: "email" },
+  { name: "password", type: "password" },
+];
+
+const registerFields: readonly FormFieldSpec[] = [
+  { name: "email", type: "email" },
+  { name: "username", type: "text" },
+  { name: "password", type: "new-password" },
+];
+
+/** The state of a fresh flow. */
+export const initialState: FlowState = Object.freeze({
+  stack: Object.freeze(["initial"] as const),
+});
+
+function current(state: FlowState): StepName {
+  return state.stack[state.stack.length - 1] ?? "initial";
+}
+
+function canGoBack(state: FlowState): boolean {
+  return state.stack.length > 1;
+}
+
+function choiceOptions(step: StepName, policy: FlowPolicy): readonly string[] | undefined {
+  switch (step) {
+    case "initial":
+      return policy.registration
+        ? ["login", "register", "other-options"]
+        : ["login", "other-options"];
+    case "other-options":
+      return policy.otherOptions;
+    default:
+      return undefined;
+  }
+}
+
+function formFields(step: StepName): readonly FormFieldSpec[] | undefined {
+  switch (step) {
+    case "login":
+      return loginFields;
+    case "register":
+      return registerFields;
+    default:
+      return undefined;
+  }
+}
+
+/** The step a state stands on, as the client is shown it. */
+export function viewOf(state: FlowState, policy: FlowPolicy): StepView {
+  const step = current(state);
+  const back = canGoBack(state);
+  const options = choiceOptions(step, policy);
+  if (options !== undefined) return { kind: "choice", title: step, options, canGoBack: back };
+  const fields = formFields(step) ?? [];
+  return { kind: "form", title: step, fields, canGoBack: back };
+}
+
+/** The final step of a completed flow. */
+export function sessionView(userId: bigint, sessionToken: string): StepView {
+  return { kind: "session", userId, sessionToken };
+}
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Reads the submitted values against the form's fields, by position. Text
+ * fields take strings; password fields take UTF-8 bytes (or a string, which
+ * carries the same text); number fields take a number or a decimal string, as
+ * the Tempest client sends every non-password value as a string.
+ */
+function readForm(
+  fields: readonly FormFieldSpec[],
+  values: readonly FormValue[],
+): Map<string, string> {
+  if (values.length !== fields.length) {
+    throw new HarmonyError(authErrors.missingForm, {
+      message: `this form has ${fields.length} fields (${fields
+        .map((f) => f.name)
+        .join(", ")}), in that order; ${values.length} were sent`,
+    });
+  }
+  const out = new Map<string, string>();
+  fields.forEach((field, i) => {
+    const value = values[i] ?? { kind: "unset" };
+    const wrongType = (): never => {
+      throw new HarmonyError(authErrors.missingForm, {
+        message: `field ${i + 1} (${field.name}) must be ${expected(field.type)}, got ${value.kind === "unset" ? "no value" : value.kind}`,
+      });
+    };
+    switch (field.type) {
+      case "password":
+      case "new-password":
+        if (value.kind === "bytes") {
+          try {
+            out.set(field.name, utf8.decode(value.value));
+          } catch {
+            throw new HarmonyError(authErrors.missingForm, {
+              message: `field ${i + 1} (${field.name}) must be UTF-8 text`,
+            });
+          }
+        } else if (value.kind === "string") {
+          out.set(field.name, value.value);
+        } else {
+          wrongType();
+        }
+        break;
+      case "number":
+        if (value.kind === "number") out.set(field.name, value.value.toString());
+        else if (value.kind === "string" && /^-?\d{1,19}$/.test(value.value.trim())) {
+          out.set(field.name, BigInt(value.value.trim()).toString());
+        } else wrongType();
+        break;
+      default:
+        if (value.kind === "string") out.set(field.name, value.value);
+        else wrongType();
+    }
+  });
+  return out;
+}
+
+function expected(type: FormFieldType): string {
+  switch (type) {
+    case "password":
+    case "new-password":
+      return "bytes (UTF-8)";
+    case "number":
+      return "a number";
+    default:
+      return "a string";
+  }
+}
+
+/**
+ * Advances a flow. Throws a HarmonyError for an unknown, spent or expired
+ * flow or for input the current step does not accept; the flow is then
+ * unchanged, so the client can retry.
+ */
+export function advance(
+  flow: FlowRecord,
+  input: FlowInput,
+  now: number,
+  policy: FlowPolicy,
+): Outcome {
+  if (flow.done) throw new HarmonyError(authErrors.spentAuthId);
+  if (now >= flow.expiresAt) throw new HarmonyError(authErrors.expiredAuthId);
+  const { state } = flow;
+  const step = current(state);
+
+  switch (input.kind) {
+    case "current":
+      return { kind: "step", state, step: viewOf(state, policy) };
+    case "back": {
+      const next = canGoBack(state) ? { stack: state.stack.slice(0, -1) } : state;
+      return { kind: "step", state: next, step: viewOf(next, policy) };
+    }
+    case "choice": {
+      const options = choiceOptions(step, policy);
+      if (options === undefined) throw new HarmonyError(authErrors.choiceSentToForm);
+      if (!options.includes(input.choice)) {
+        throw new HarmonyError(authErrors.choiceNotOffered, {
+          message: `"${truncate(input.choice)}" is not offered here; the options are: ${options.join(", ") || "(none)"}`,
+        });
+      }
+      const next = { stack: [...state.stack, input.choice as StepName] };
+      return { kind: "step", state: next, step: viewOf(next, policy) };
+    }
+    case "form": {
+      const fields = formFields(step);
+      if (fields === undefined) throw new HarmonyError(authErrors.formSentToChoice);
+      const values = readForm(fields, input.values);
+      if (step === "login") {
+        return {
+          kind: "submit",
+          submission: {
+            kind: "login",
+            email: values.get("email") ?? "",
+            password: values.get("password") ?? "",
+          },
+        };
+      }
+      if (!policy.registration) {
+        throw new HarmonyError(authErrors.choiceNotOffered, {
+          message: "registration is closed on this server",
+        });
+      }
+      return {
+        kind: "submit",
+        submission: {
+          kind: "register",
+          email: values.get("email") ?? "",
+          username: values.get("username") ?? "",
+          password: values.get("password") ?? "",
+        },
+      };
+    }
+  }
+}
+
+function truncate(text: string): string {
+  return text.length > 64 ? `${text.slice(0, 64)}…` : text;
+}

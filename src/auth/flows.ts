@@ -1,0 +1,205 @@
+import type { Clock } from "../clock.js";
+import type { Config } from "../config.js";
+import type { Database } from "../db/database.js";
+import { HarmonyError, hrpcErrors } from "../errors.js";
+import type { Accounts } from "./accounts.js";
+import { authErrors } from "./auth-errors.js";
+import {
+  advance,
+  type FlowInput,
+  type FlowPolicy,
+  type FlowState,
+  initialState,
+  type StepView,
+  type Submission,
+  sessionView,
+} from "./flow-machine.js";
+import { randomToken } from "./random-ids.js";
+import type { Sessions } from "./sessions.js";
+import type { StepHub } from "./step-hub.js";
+import { type FlowKeys, flowKeys, openStep, sealStep } from "./step-seal.js";
+import type { FlowStore, StoredFlow, StoredStep } from "./stores.js";
+
+/** auth_ids are 24 CSPRNG bytes (192 bits), base64url: 32 characters. */
+const AUTH_ID_BYTES = 24;
+const authIdPattern = /^[A-Za-z0-9_-]{32}$/;
+/** A completed flow's log stays readable this long, for a stream that attaches late. */
+export const SPENT_FLOW_GRACE_MS = 60_000;
+/** A flow that shows more steps than this is cut off, so its log stays small. */
+export const MAX_STEPS_PER_FLOW = 256;
+/** Concurrent show-step calls on one flow retry this often before giving up. */
+const MAX_ATTEMPTS = 5;
+
+export interface Flows {
+  /** Starts a flow; returns its auth_id. */
+  begin(): Promise<string>;
+  /** Applies a NextStep or StepBack input; returns the step now current. */
+  advance(authId: string, input: FlowInput): Promise<StepView>;
+  /**
+   * Every step of the flow: those already shown, then each new one as it is
+   * shown by any process, ending after the session step.
+   */
+  stream(authId: string, signal: AbortSignal): AsyncGenerator<StepView>;
+  /** Deletes expired flows; returns how many. */
+  sweep(): Promise<number>;
+}
+
+export type FlowsDeps = {
+  readonly db: Database;
+  readonly clock: Clock;
+  readonly config: Pick<Config, "flowTtlMs">;
+  readonly policy: FlowPolicy;
+  readonly flowStore: FlowStore;
+  readonly hub: StepHub;
+  readonly accounts: Accounts;
+  readonly sessions: Sessions;
+};
+
+/** The auth flow over its store: the machine decides, this module does the I/O. */
+export function createFlows(deps: FlowsDeps): Flows {
+  const { db, clock, config, policy, flowStore, hub, accounts, sessions } = deps;
+
+  const keysFor = (authId: string): FlowKeys => {
+    if (authId === "") throw new HarmonyError(authErrors.missingAuthId);
+    // An auth_id of the wrong shape cannot exist; answer without a lookup.
+    if (!authIdPattern.test(authId)) throw new HarmonyError(authErrors.unknownAuthId);
+    return flowKeys(authId);
+  };
+
+  const load = async (keys: FlowKeys): Promise<StoredFlow> => {
+    const flow = await flowStore.load(db, keys.lookup);
+    if (!flow) throw new HarmonyError(authErrors.unknownAuthId);
+    return flow;
+  };
+
+  const append = async (
+    q: Parameters<FlowStore["appendStep"]>[0],
+    keys: FlowKeys,
+    flow: StoredFlow,
+    state: FlowState,
+    step: StepView,
+  ): Promise<boolean> => {
+    if (flow.stepCount >= MAX_STEPS_PER_FLOW) throw new HarmonyError(authErrors.tooManySteps);
+    const done = step.kind === "session";
+    const expiresAt = done ? clock.now() + SPENT_FLOW_GRACE_MS : flow.expiresAt;
+    const seq = await flowStore.appendStep(
+      q,
+      keys.lookup,
+      flow.version,
+      { state, done, expiresAt },
+      sealStep(keys.seal, step),
+    );
+    return seq !== undefined;
+  };
+
+  const submit = async (
+    keys: FlowKeys,
+    flow: StoredFlow,
+    submission: Submission,
+  ): Promise<StepView> => {
+    // The slow part (argon2id) runs outside any transaction; the writes then
+    // happen in one, which also checks that the flow did not move meanwhile.
+    if (submission.kind === "login") {
+      const login = await accounts.verifyLogin(submission.email, submission.password);
+      return db.transaction(async (tx) => {
+        await accounts.finishLogin(tx, login);
+        const step = sessionView(login.userId, await sessions.create(tx, login.userId));
+        if (!(await append(tx, keys, flow, flow.state, step))) {
+          throw new HarmonyError(authErrors.flowConflict);
+        }
+        return step;
+      });
+    }
+    const prepared = await accounts.prepareRegistration(submission);
+    return db.transaction(async (tx) => {
+      const userId = await accounts.createAccount(tx, prepared);
+      const step = sessionView(userId, await sessions.create(tx, userId));
+      if (!(await append(tx, keys, flow, flow.state, step))) {
+        throw new HarmonyError(authErrors.flowConflict);
+      }
+      return step;
+    });
+  };
+
+  return {
+    async begin() {
+      const authId = randomToken(AUTH_ID_BYTES);
+      const now = clock.now();
+      await flowStore.insert(
+        db,
+        flowKeys(authId).lookup,
+        initialState,
+        now,
+        now + config.flowTtlMs,
+      );
+      return authId;
+    },
+
+    async advance(authId, input) {
+      const keys = keysFor(authId);
+      for (let attempt = 1; ; attempt++) {
+        const flow = await load(keys);
+        const outcome = advance(flow, input, clock.now(), policy);
+        if (outcome.kind === "submit") return submit(keys, flow, outcome.submission);
+        if (await append(db, keys, flow, outcome.state, outcome.step)) return outcome.step;
+        // Another call moved the flow between our read and write: re-read and
+        // re-apply, since showing a step has no side effects.
+        if (attempt >= MAX_ATTEMPTS) throw new HarmonyError(authErrors.flowConflict);
+      }
+    },
+
+    async *stream(authId, signal) {
+      const keys = keysFor(authId);
+      // Subscribe before reading the log, so no step falls between the two.
+      const subscription = hub.subscribe(keys.lookup);
+      try {
+        let flow = await load(keys);
+        if (!flow.done && clock.now() >= flow.expiresAt) {
+          throw new HarmonyError(authErrors.expiredAuthId);
+        }
+        let nextSeq = 1;
+        // What to deliver next: announced steps, or "log" to re-read the log
+        // (at the start, and whenever an announcement may have been missed).
+        let pending: readonly StoredStep[] | "log" = "log";
+        for (;;) {
+          const steps =
+            pending === "log" ? await flowStore.stepsAfter(db, keys.lookup, nextSeq - 1) : pending;
+          for (const stored of steps) {
+            if (stored.seq !== nextSeq) continue;
+            nextSeq++;
+            const step = openStep(keys.seal, stored.sealed);
+            yield step;
+            if (step.kind === "session") return;
+          }
+          const event = await subscription.next(signal, flow.expiresAt - clock.now());
+          switch (event.kind) {
+            case "aborted":
+              // Shutdown aborts with a ConnectError (Unavailable) for the client.
+              throw signal.reason ?? new HarmonyError(hrpcErrors.unavailable);
+            case "timeout":
+              flow = await load(keys);
+              if (clock.now() >= flow.expiresAt) {
+                throw new HarmonyError(
+                  flow.done ? authErrors.spentAuthId : authErrors.expiredAuthId,
+                );
+              }
+              pending = "log";
+              break;
+            case "step":
+              pending = event.step.seq <= nextSeq ? [event.step] : "log";
+              break;
+            case "resync":
+              pending = "log";
+              break;
+          }
+        }
+      } finally {
+        subscription.close();
+      }
+    },
+
+    sweep() {
+      return flowStore.deleteExpired(db, clock.now());
+    },
+  };
+}

@@ -1,0 +1,101 @@
+import type { Queryable } from "../db/database.js";
+import type { FlowRecord, FlowState } from "./flow-machine.js";
+
+/**
+ * The storage the auth feature needs, implemented in src/db. Methods take the
+ * Queryable to run on, so one transaction can span several stores.
+ */
+
+export interface StoredFlow extends FlowRecord {
+  readonly version: number;
+  readonly stepCount: number;
+}
+
+export interface StoredStep {
+  readonly seq: number;
+  readonly sealed: Uint8Array;
+}
+
+export interface StepNotificationHandlers {
+  step(flowKey: Buffer, step: StoredStep): void;
+  /** Notifications may have been lost: every subscriber must re-read its log. */
+  reconnected(): void;
+}
+
+export interface FlowStore {
+  insert(
+    q: Queryable,
+    key: Buffer,
+    state: FlowState,
+    now: number,
+    expiresAt: number,
+  ): Promise<void>;
+  load(q: Queryable, key: Buffer): Promise<StoredFlow | undefined>;
+  /**
+   * Saves a flow's next state and appends its sealed step as one statement,
+   * when the flow is still at `version`; listeners hear of the step when the
+   * surrounding transaction commits. Returns the step's sequence number, or
+   * undefined when another call changed the flow first.
+   */
+  appendStep(
+    q: Queryable,
+    key: Buffer,
+    version: number,
+    next: { state: FlowState; done: boolean; expiresAt: number },
+    sealed: Uint8Array,
+  ): Promise<number | undefined>;
+  stepsAfter(q: Queryable, key: Buffer, seq: number): Promise<StoredStep[]>;
+  listenSteps(handlers: StepNotificationHandlers): Promise<() => Promise<void>>;
+  deleteExpired(q: Queryable, now: number): Promise<number>;
+}
+
+export interface StoredUser {
+  readonly id: bigint;
+  readonly passwordHash: string | null;
+}
+
+export interface NewUser {
+  readonly id: bigint;
+  readonly email: string;
+  readonly emailKey: string;
+  readonly username: string;
+  readonly usernameKey: string;
+  readonly passwordHash: string;
+  readonly createdAt: number;
+}
+
+export type InsertUserResult = "created" | "id-taken" | "email-taken" | "username-taken";
+
+export interface UserStore {
+  findByEmailKey(q: Queryable, emailKey: string): Promise<StoredUser | undefined>;
+  taken(
+    q: Queryable,
+    emailKey: string,
+    usernameKey: string,
+  ): Promise<"email" | "username" | undefined>;
+  /** Inserts a user. A taken email or username aborts the surrounding transaction. */
+  insert(q: Queryable, user: NewUser): Promise<InsertUserResult>;
+  /** Replaces a password hash, only if it is still `from`. */
+  replacePasswordHash(q: Queryable, id: bigint, from: string, to: string): Promise<void>;
+}
+
+export interface StoredSession {
+  readonly userId: bigint;
+  readonly createdAt: number;
+  readonly lastSeenAt: number;
+  readonly expiresAt: number;
+}
+
+export interface SessionStore {
+  insert(
+    q: Queryable,
+    tokenHash: Buffer,
+    userId: bigint,
+    now: number,
+    expiresAt: number,
+  ): Promise<void>;
+  find(q: Queryable, tokenHash: Buffer): Promise<StoredSession | undefined>;
+  touch(q: Queryable, tokenHash: Buffer, now: number): Promise<void>;
+  delete(q: Queryable, tokenHash: Buffer): Promise<void>;
+  deleteExpired(q: Queryable, now: number, idleCutoff: number): Promise<number>;
+}

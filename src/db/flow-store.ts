@@ -1,0 +1,127 @@
+import type { FlowState, StepName } from "../auth/flow-machine.js";
+import type {
+  FlowStore,
+  StepNotificationHandlers,
+  StoredFlow,
+  StoredStep,
+} from "../auth/stores.js";
+import { type Database, many, maybeOne, type Queryable } from "./database.js";
+
+/** The channel steps are announced on; payload `hex(flow key):seq:base64(sealed step)`. */
+export const stepChannel = "cadenza_auth_flow_steps";
+
+const stepNames: ReadonlySet<string> = new Set<StepName>([
+  "initial",
+  "login",
+  "register",
+  "other-options",
+]);
+
+function parseState(value: unknown): FlowState {
+  const stack = (value as { stack?: unknown } | null)?.stack;
+  if (
+    !Array.isArray(stack) ||
+    stack.length === 0 ||
+    !stack.every((s) => typeof s === "string" && stepNames.has(s))
+  ) {
+    throw new Error("auth_flows.state is not a valid flow state");
+  }
+  return { stack: stack as StepName[] };
+}
+
+interface FlowRow {
+  state: unknown;
+  version: number;
+  step_count: number;
+  done: boolean;
+  expires_at: Date;
+}
+
+/** Auth flows and their step logs in Postgres, with steps announced by NOTIFY. */
+export function createFlowStore(db: Database): FlowStore {
+  return {
+    async insert(q, key, state, now, expiresAt) {
+      await q.query(
+        "INSERT INTO auth_flows (key, state, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+        [key, JSON.stringify(state), new Date(now), new Date(expiresAt)],
+      );
+    },
+
+    async load(q, key): Promise<StoredFlow | undefined> {
+      const row = await maybeOne<FlowRow>(
+        q,
+        "SELECT state, version, step_count, done, expires_at FROM auth_flows WHERE key = $1",
+        [key],
+      );
+      if (!row) return undefined;
+      return {
+        state: parseState(row.state),
+        version: row.version,
+        stepCount: row.step_count,
+        done: row.done,
+        expiresAt: row.expires_at.getTime(),
+      };
+    },
+
+    async appendStep(q, key, version, next, sealed) {
+      // One statement: the state update, the log row and the notification
+      // happen together or not at all, and NOTIFY is delivered on commit.
+      const row = await maybeOne<{ seq: number }>(
+        q,
+        `WITH flow AS (
+           UPDATE auth_flows
+              SET state = $3, done = $4, expires_at = least(expires_at, $5),
+                  version = version + 1, step_count = step_count + 1
+            WHERE key = $1 AND version = $2 AND NOT done
+        RETURNING key, step_count
+         ), step AS (
+           INSERT INTO auth_flow_steps (flow_key, seq, sealed)
+           SELECT key, step_count, $6 FROM flow
+        RETURNING seq
+         )
+         SELECT seq, pg_notify($7, $8 || ':' || seq || ':' || $9) FROM step`,
+        [
+          key,
+          version,
+          JSON.stringify(next.state),
+          next.done,
+          new Date(next.expiresAt),
+          sealed,
+          stepChannel,
+          key.toString("hex"),
+          Buffer.from(sealed).toString("base64"),
+        ],
+      );
+      return row?.seq;
+    },
+
+    async stepsAfter(q: Queryable, key, seq): Promise<StoredStep[]> {
+      return many<StoredStep>(
+        q,
+        "SELECT seq, sealed FROM auth_flow_steps WHERE flow_key = $1 AND seq > $2 ORDER BY seq",
+        [key, seq],
+      );
+    },
+
+    listenSteps(handlers: StepNotificationHandlers) {
+      return db.listen(stepChannel, {
+        message(payload) {
+          const [keyHex, seq, sealed] = payload.split(":");
+          if (keyHex === undefined || seq === undefined || sealed === undefined) return;
+          handlers.step(Buffer.from(keyHex, "hex"), {
+            seq: Number(seq),
+            sealed: Buffer.from(sealed, "base64"),
+          });
+        },
+        reconnected: () => handlers.reconnected(),
+      });
+    },
+
+    async deleteExpired(q, now) {
+      const result = await q.query("DELETE FROM auth_flows WHERE expires_at <= $1", [
+        new Date(now),
+      ]);
+      return result.rowCount;
+    },
+  };
+}

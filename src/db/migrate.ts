@@ -1,0 +1,71 @@
+import { readdir, readFile } from "node:fs/promises";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import type { Database } from "./database.js";
+
+/** The folder holding the numbered `.sql` migrations, next to this module. */
+const migrationsDir = fileURLToPath(new URL("./migrations/", import.meta.url));
+
+/** An arbitrary constant: the advisory lock all cadenza processes agree on. */
+const MIGRATION_LOCK_KEY = 0x63_61_64_65_6e; // "caden"
+
+export interface Migration {
+  readonly version: number;
+  readonly name: string;
+  readonly sql: string;
+}
+
+/** The migrations shipped with this build, in order. */
+export async function loadMigrations(dir = migrationsDir): Promise<Migration[]> {
+  const files = (await readdir(dir)).filter((f) => /^\d{4}_[a-z0-9_]+\.sql$/.test(f)).sort();
+  return Promise.all(
+    files.map(async (file) => ({
+      version: Number(file.slice(0, 4)),
+      name: file.replace(/\.sql$/, ""),
+      sql: await readFile(join(dir, file), "utf8"),
+    })),
+  );
+}
+
+/**
+ * Applies every migration not yet applied, each in its own transaction, and
+ * records it. A transaction-scoped advisory lock serialises processes starting
+ * at once: each waits, then re-reads what the others already applied.
+ * Returns the names applied by this call.
+ */
+export async function migrate(db: Database, migrations?: readonly Migration[]): Promise<string[]> {
+  const all = migrations ?? (await loadMigrations());
+  const applied: string[] = [];
+  for (const migration of all) {
+    const ran = await db.transaction(async (tx) => {
+      await tx.query("SELECT pg_advisory_xact_lock($1)", [MIGRATION_LOCK_KEY]);
+      await tx.exec(
+        `CREATE TABLE IF NOT EXISTS schema_migrations (
+           version int4 PRIMARY KEY,
+           name text NOT NULL,
+           applied_at timestamptz NOT NULL DEFAULT now()
+         )`,
+      );
+      const { rows } = await tx.query("SELECT 1 FROM schema_migrations WHERE version = $1", [
+        migration.version,
+      ]);
+      if (rows.length > 0) return false;
+      await tx.exec(migration.sql);
+      await tx.query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", [
+        migration.version,
+        migration.name,
+      ]);
+      return true;
+    });
+    if (ran) applied.push(migration.name);
+  }
+  return applied;
+}
+
+/** The highest migration version recorded, or 0 on an empty database. */
+export async function appliedVersion(db: Database): Promise<number> {
+  const { rows } = await db.query<{ version: number | null }>(
+    "SELECT max(version) AS version FROM schema_migrations",
+  );
+  return rows[0]?.version ?? 0;
+}

@@ -1,0 +1,46 @@
+import { mkdir } from "node:fs/promises";
+import { PGlite, type Transaction } from "@electric-sql/pglite";
+import type { Database, NotificationHandlers, Queryable, QueryResult } from "./database.js";
+
+/** `DATA_DIR` value for a database that lives only in memory. */
+export const inMemory = "memory://";
+
+function adapt(db: PGlite | Transaction): Queryable {
+  return {
+    async query<R>(sql: string, params: readonly unknown[] = []): Promise<QueryResult<R>> {
+      const result = await db.query<R>(sql, params as unknown[]);
+      return { rows: result.rows, rowCount: result.affectedRows || result.rows.length };
+    },
+    async exec(sql: string): Promise<void> {
+      await db.exec(sql);
+    },
+  };
+}
+
+/**
+ * A Database on embedded PGlite: real Postgres compiled to WebAssembly, in this
+ * process. PGlite runs one query at a time, so a transaction holds the whole
+ * database until it ends; `LISTEN/NOTIFY` works within the process.
+ */
+export async function createPgliteDatabase(dataDir: string): Promise<Database> {
+  if (dataDir !== inMemory) await mkdir(dataDir, { recursive: true });
+  const db = await PGlite.create(dataDir === inMemory ? undefined : dataDir);
+  return wrapPglite(db);
+}
+
+/** Wraps an open PGlite instance (tests use this with a cloned template). */
+export function wrapPglite(db: PGlite): Database {
+  return {
+    kind: "pglite",
+    ...adapt(db),
+    transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
+      return db.transaction((tx) => fn(adapt(tx)));
+    },
+    async listen(channel: string, handlers: NotificationHandlers) {
+      return db.listen(channel, (payload) => handlers.message(payload));
+    },
+    async close() {
+      await db.close();
+    },
+  };
+}

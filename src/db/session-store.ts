@@ -1,0 +1,55 @@
+import type { SessionStore, StoredSession } from "../auth/stores.js";
+import { maybeOne } from "./database.js";
+
+/** Sessions in Postgres, keyed by the SHA-256 of their token. */
+export function createSessionStore(): SessionStore {
+  return {
+    async insert(q, tokenHash, userId, now, expiresAt) {
+      await q.query(
+        `INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at)
+         VALUES ($1, $2, $3, $3, $4)`,
+        [tokenHash, userId, new Date(now), new Date(expiresAt)],
+      );
+    },
+
+    async find(q, tokenHash): Promise<StoredSession | undefined> {
+      const row = await maybeOne<{
+        user_id: bigint;
+        created_at: Date;
+        last_seen_at: Date;
+        expires_at: Date;
+      }>(
+        q,
+        "SELECT user_id, created_at, last_seen_at, expires_at FROM sessions WHERE token_hash = $1",
+        [tokenHash],
+      );
+      return (
+        row && {
+          userId: row.user_id,
+          createdAt: row.created_at.getTime(),
+          lastSeenAt: row.last_seen_at.getTime(),
+          expiresAt: row.expires_at.getTime(),
+        }
+      );
+    },
+
+    async touch(q, tokenHash, now) {
+      await q.query("UPDATE sessions SET last_seen_at = $2 WHERE token_hash = $1", [
+        tokenHash,
+        new Date(now),
+      ]);
+    },
+
+    async delete(q, tokenHash) {
+      await q.query("DELETE FROM sessions WHERE token_hash = $1", [tokenHash]);
+    },
+
+    async deleteExpired(q, now, idleCutoff) {
+      const result = await q.query(
+        "DELETE FROM sessions WHERE expires_at <= $1 OR last_seen_at <= $2",
+        [new Date(now), new Date(idleCutoff)],
+      );
+      return result.rowCount;
+    },
+  };
+}

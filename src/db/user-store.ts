@@ -1,0 +1,61 @@
+import type { InsertUserResult, StoredUser, UserStore } from "../auth/stores.js";
+import { maybeOne, uniqueViolation } from "./database.js";
+
+/** Accounts in Postgres. */
+export function createUserStore(): UserStore {
+  return {
+    async findByEmailKey(q, emailKey): Promise<StoredUser | undefined> {
+      const row = await maybeOne<{ id: bigint; password_hash: string | null }>(
+        q,
+        "SELECT id, password_hash FROM users WHERE email_key = $1",
+        [emailKey],
+      );
+      return row && { id: row.id, passwordHash: row.password_hash };
+    },
+
+    async taken(q, emailKey, usernameKey) {
+      const row = await maybeOne<{ email: boolean; username: boolean }>(
+        q,
+        `SELECT bool_or(email_key = $1) AS email, bool_or(username_key = $2) AS username
+           FROM users WHERE email_key = $1 OR username_key = $2`,
+        [emailKey, usernameKey],
+      );
+      if (row?.email) return "email";
+      if (row?.username) return "username";
+      return undefined;
+    },
+
+    async insert(q, user): Promise<InsertUserResult> {
+      try {
+        const result = await q.query(
+          `INSERT INTO users (id, email, email_key, username, username_key, password_hash, created_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (id) DO NOTHING`,
+          [
+            user.id,
+            user.email,
+            user.emailKey,
+            user.username,
+            user.usernameKey,
+            user.passwordHash,
+            new Date(user.createdAt),
+          ],
+        );
+        return result.rowCount === 1 ? "created" : "id-taken";
+      } catch (err) {
+        const constraint = uniqueViolation(err);
+        if (constraint === "users_email_unique") return "email-taken";
+        if (constraint === "users_username_unique") return "username-taken";
+        throw err;
+      }
+    },
+
+    async replacePasswordHash(q, id, from, to) {
+      await q.query("UPDATE users SET password_hash = $3 WHERE id = $1 AND password_hash = $2", [
+        id,
+        from,
+        to,
+      ]);
+    },
+  };
+}

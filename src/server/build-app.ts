@@ -1,0 +1,95 @@
+import { createServer as createHttp1Server, type Server as Http1Server } from "node:http";
+import { Code, ConnectError, cors as connectCors } from "@connectrpc/connect";
+import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
+import fastifyCors from "@fastify/cors";
+import {
+  type FastifyInstance,
+  type FastifyServerFactoryHandler,
+  fastify,
+  LogController,
+} from "fastify";
+import type { AppContext } from "../app-context.js";
+import { appliedVersion } from "../db/migrate.js";
+import { hrpcErrors } from "../errors.js";
+import { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
+import { createAuthServiceImpl } from "./auth-service.js";
+import { authInterceptor, errorInterceptor } from "./interceptors.js";
+
+export interface BuiltApp {
+  readonly app: Pick<FastifyInstance, "close">;
+  /** Fastify's request handler, for the HTTP/2 server that shares it. */
+  readonly handler: FastifyServerFactoryHandler;
+  /** The HTTP/1.1 server Fastify runs on (never listening itself: see listener.ts). */
+  readonly http1: Http1Server;
+  /** Marks the server as draining: /readyz fails, open streams end with Unavailable. */
+  beginShutdown(): void;
+}
+
+/**
+ * The Fastify application: CORS, health checks and the Connect router, which
+ * serves Connect (JSON and binary), gRPC and gRPC-Web on the same paths.
+ */
+export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
+  const { config, logger } = ctx;
+  let handler: FastifyServerFactoryHandler | undefined;
+  let http1: Http1Server | undefined;
+  const shutdown = new AbortController();
+
+  const app = fastify({
+    loggerInstance: logger,
+    // Calls are logged by cadenza where they fail, not once per request.
+    logController: new LogController({ disableRequestLogging: true }),
+    serverFactory: (h) => {
+      handler = h;
+      http1 = createHttp1Server({ headersTimeout: 10_000, requestTimeout: 30_000 }, h);
+      http1.keepAliveTimeout = 5_000;
+      return http1;
+    },
+  });
+
+  await app.register(fastifyCors, {
+    // An exact list; an empty one allows no cross-origin callers.
+    origin: config.corsOrigins.includes("*") ? true : [...config.corsOrigins],
+    methods: [...connectCors.allowedMethods],
+    allowedHeaders: [...connectCors.allowedHeaders, "Authorization"],
+    exposedHeaders: [...connectCors.exposedHeaders],
+    maxAge: 7200,
+  });
+
+  app.get("/healthz", async () => ({ status: "ok" }));
+  app.get("/readyz", async (_req, reply) => {
+    if (shutdown.signal.aborted) return reply.code(503).send({ status: "shutting down" });
+    try {
+      const version = await appliedVersion(ctx.db);
+      if (version < ctx.schemaVersion) {
+        return reply.code(503).send({ status: "migrations pending", version });
+      }
+      return { status: "ready", schemaVersion: version };
+    } catch (err) {
+      logger.warn({ err }, "readiness check failed");
+      return reply.code(503).send({ status: "database unreachable" });
+    }
+  });
+
+  await app.register(fastifyConnectPlugin, {
+    routes(router) {
+      router.service(AuthService, createAuthServiceImpl(ctx));
+    },
+    interceptors: [errorInterceptor(logger), authInterceptor(ctx.sessions)],
+    readMaxBytes: config.readMaxBytes,
+    // No call outlives a flow: StreamSteps ends when its flow expires.
+    maxTimeoutMs: config.flowTtlMs + 60_000,
+    shutdownSignal: shutdown.signal,
+  });
+
+  await app.ready();
+  if (!handler || !http1) throw new Error("fastify did not call serverFactory");
+  return {
+    app,
+    handler,
+    http1,
+    beginShutdown() {
+      shutdown.abort(new ConnectError(hrpcErrors.unavailable.message, Code.Unavailable));
+    },
+  };
+}
