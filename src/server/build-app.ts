@@ -1,5 +1,11 @@
 import { createServer as createHttp1Server, type Server as Http1Server } from "node:http";
-import { Code, ConnectError, cors as connectCors } from "@connectrpc/connect";
+import {
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  cors as connectCors,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
 import fastifyCors from "@fastify/cors";
 import {
@@ -23,6 +29,23 @@ export interface BuiltApp {
   readonly http1: Http1Server;
   /** Marks the server as draining: /readyz fails, open streams end with Unavailable. */
   beginShutdown(): void;
+}
+
+/**
+ * The Connect services and interceptors, shared by the server and by tests
+ * that call them in memory through `createRouterTransport`.
+ */
+export function connectRoutes(ctx: AppContext): {
+  routes: (router: ConnectRouter) => void;
+  interceptors: Interceptor[];
+} {
+  return {
+    routes(router) {
+      router.service(AuthService, createAuthServiceImpl(ctx));
+    },
+    // The error interceptor is outermost, so it also sees the auth interceptor's errors.
+    interceptors: [errorInterceptor(ctx.logger), authInterceptor(ctx.sessions)],
+  };
 }
 
 /**
@@ -72,10 +95,7 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
   });
 
   await app.register(fastifyConnectPlugin, {
-    routes(router) {
-      router.service(AuthService, createAuthServiceImpl(ctx));
-    },
-    interceptors: [errorInterceptor(logger), authInterceptor(ctx.sessions)],
+    ...connectRoutes(ctx),
     readMaxBytes: config.readMaxBytes,
     // No call outlives a flow: StreamSteps ends when its flow expires.
     maxTimeoutMs: config.flowTtlMs + 60_000,

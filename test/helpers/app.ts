@@ -1,0 +1,66 @@
+import { type Client, createClient, createRouterTransport } from "@connectrpc/connect";
+import { pino } from "pino";
+import { type AppContext, createAppContext } from "../../src/app-context.js";
+import { createArgon2Hasher, type PasswordHasher } from "../../src/auth/password-hasher.js";
+import { createFakeClock } from "../../src/clock.js";
+import { type Config, loadConfig } from "../../src/config.js";
+import type { Database } from "../../src/db/database.js";
+import { AuthService } from "../../src/gen/protocol/auth/v1/auth_pb.js";
+import { connectRoutes } from "../../src/server/build-app.js";
+
+/** Configuration for tests: in-memory, any port, quiet. */
+export function testConfig(env: Record<string, string> = {}): Config {
+  return loadConfig({ DATA_DIR: "memory://", PORT: "0", LOG_LEVEL: "silent", ...env });
+}
+
+/** Real argon2id with the smallest parameters, so tests stay fast. */
+export const fastHasher: PasswordHasher = createArgon2Hasher({
+  memoryKib: 64,
+  iterations: 1,
+  parallelism: 1,
+});
+
+/** A hasher that counts verifications, to check that every login path costs the same. */
+export function countingHasher(inner: PasswordHasher = fastHasher) {
+  const calls = { hash: 0, verify: [] as string[] };
+  const hasher: PasswordHasher = {
+    hash: (p) => {
+      calls.hash++;
+      return inner.hash(p);
+    },
+    verify: (phc, p) => {
+      calls.verify.push(phc);
+      return inner.verify(phc, p);
+    },
+    needsRehash: (phc) => inner.needsRehash(phc),
+  };
+  return { hasher, calls };
+}
+
+export type FakeClock = ReturnType<typeof createFakeClock>;
+
+export interface TestApp {
+  readonly ctx: AppContext;
+  readonly clock: FakeClock;
+  /** An AuthService client calling the handlers in memory, through the real interceptors. */
+  readonly client: Client<typeof AuthService>;
+  close(): Promise<void>;
+}
+
+/** An AppContext on `db` with a fake clock and a fast hasher. */
+export async function createTestApp(
+  db: Database,
+  options: { env?: Record<string, string>; hasher?: PasswordHasher; clock?: FakeClock } = {},
+): Promise<TestApp> {
+  const clock = options.clock ?? createFakeClock(Date.now());
+  const ctx = await createAppContext(testConfig(options.env), {
+    db,
+    clock,
+    hasher: options.hasher ?? fastHasher,
+    logger: pino({ level: "silent" }),
+    sweepIntervalMs: false,
+  });
+  const { routes, interceptors } = connectRoutes(ctx);
+  const transport = createRouterTransport(routes, { router: { interceptors } });
+  return { ctx, clock, client: createClient(AuthService, transport), close: () => ctx.close() };
+}
