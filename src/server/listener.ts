@@ -40,6 +40,10 @@ export async function startServer(ctx: AppContext): Promise<RunningServer> {
   const { config, logger } = ctx;
   const built = await buildApp(ctx);
   const { http1 } = built;
+  // Node's HTTP/1.1 server starts tracking connections (which enforces
+  // headersTimeout and requestTimeout, and lets closeIdleConnections work)
+  // on "listening". It never listens itself here, so start that by hand.
+  http1.emit("listening");
   // Fastify's handler serves HTTP/2 compatibility-API requests as it does in
   // its own `http2` mode; only its type is HTTP/1.1-specific.
   const http2 = createHttp2Server(
@@ -101,6 +105,8 @@ export async function startServer(ctx: AppContext): Promise<RunningServer> {
         for (const session of sessions) session.close();
         const drained = new Promise<void>((resolve) => {
           const check = (): void => {
+            // Connections go idle as their last call ends; close each then.
+            http1.closeIdleConnections();
             if (sockets.size === 0) resolve();
             else setTimeout(check, 20).unref();
           };
@@ -115,6 +121,8 @@ export async function startServer(ctx: AppContext): Promise<RunningServer> {
         ]);
         clearTimeout(timer);
         for (const socket of sockets) socket.destroy();
+        // Stops the HTTP/1.1 server's connection-checking timer.
+        http1.close(() => {});
         await stopped;
         await built.app.close();
       })();

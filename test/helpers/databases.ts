@@ -34,7 +34,7 @@ function wrap(db: Database, url: string | undefined, cleanup: () => Promise<void
   };
 }
 
-const pglite: TestBackend = {
+export const pglite: TestBackend = {
   name: "pglite",
   async open(options = {}) {
     const db = await createPgliteDatabase(inMemory);

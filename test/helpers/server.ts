@@ -1,0 +1,92 @@
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Transport } from "@connectrpc/connect";
+import {
+  createConnectTransport,
+  createGrpcTransport,
+  createGrpcWebTransport,
+  Http2SessionManager,
+} from "@connectrpc/connect-node";
+
+/** The transports a client can use to reach cadenza, each a real client on loopback. */
+export type ProtocolName =
+  | "connect-json/http1"
+  | "connect-binary/http2"
+  | "grpc-web/http1"
+  | "grpc/http2";
+
+export const protocols: readonly ProtocolName[] = [
+  "connect-json/http1",
+  "connect-binary/http2",
+  "grpc-web/http1",
+  "grpc/http2",
+];
+
+/**
+ * Makes a transport for `protocol` to `baseUrl`. HTTP/2 sessions go through
+ * managers the caller must abort (`closeAll`), or the test run hangs.
+ */
+export function transportFactory(options: { ca?: Buffer } = {}) {
+  const managers: Http2SessionManager[] = [];
+  const tls = options.ca ? { ca: options.ca } : {};
+  const h2 = (baseUrl: string) => {
+    const manager = new Http2SessionManager(baseUrl, undefined, tls);
+    managers.push(manager);
+    return manager;
+  };
+  return {
+    create(protocol: ProtocolName, baseUrl: string): Transport {
+      switch (protocol) {
+        case "connect-json/http1":
+          return createConnectTransport({ baseUrl, httpVersion: "1.1", nodeOptions: tls });
+        case "connect-binary/http2":
+          return createConnectTransport({
+            baseUrl,
+            httpVersion: "2",
+            useBinaryFormat: true,
+            sessionManager: h2(baseUrl),
+          });
+        case "grpc-web/http1":
+          return createGrpcWebTransport({ baseUrl, httpVersion: "1.1", nodeOptions: tls });
+        case "grpc/http2":
+          return createGrpcTransport({ baseUrl, sessionManager: h2(baseUrl) });
+      }
+    },
+    closeAll() {
+      for (const m of managers) m.abort();
+    },
+  };
+}
+
+/** A self-signed certificate for localhost and 127.0.0.1, made with openssl. */
+export function selfSignedCertificate(): { certFile: string; keyFile: string; cert: Buffer } {
+  const dir = mkdtempSync(join(tmpdir(), "cadenza-tls-"));
+  const certFile = join(dir, "cert.pem");
+  const keyFile = join(dir, "key.pem");
+  execFileSync(
+    "openssl",
+    [
+      "req",
+      "-x509",
+      "-newkey",
+      "ec",
+      "-pkeyopt",
+      "ec_paramgen_curve:prime256v1",
+      "-nodes",
+      "-days",
+      "1",
+      "-subj",
+      "/CN=localhost",
+      "-addext",
+      "subjectAltName=DNS:localhost,IP:127.0.0.1",
+      "-keyout",
+      keyFile,
+      "-out",
+      certFile,
+    ],
+    { stdio: "ignore" },
+  );
+  return { certFile, keyFile, cert: readFileSync(certFile) };
+}

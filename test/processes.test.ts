@@ -1,0 +1,106 @@
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createClient } from "@connectrpc/connect";
+import { afterAll, describe, expect, it } from "vitest";
+import type { AuthStep } from "../src/gen/protocol/auth/v1/auth_pb.js";
+import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
+import { postgresBackend, type TestDatabase } from "./helpers/databases.js";
+import { bytes, choose, newUser, submitForm, text } from "./helpers/flow.js";
+import { type ServerProcess, startServerProcess } from "./helpers/process.js";
+import { transportFactory } from "./helpers/server.js";
+
+const transports = transportFactory();
+const running: ServerProcess[] = [];
+const start = async (env: Record<string, string>) => {
+  const p = await startServerProcess(env);
+  running.push(p);
+  return p;
+};
+const clientFor = (
+  p: ServerProcess,
+  protocol: "connect-json/http1" | "grpc/http2" = "connect-json/http1",
+) => createClient(AuthService, transports.create(protocol, p.url));
+
+afterAll(async () => {
+  transports.closeAll();
+  await Promise.all(running.map((p) => p.stop()));
+});
+
+describe("embedded PGlite", () => {
+  it("starts with npm start's entry point, keeps a flow across a restart, and stops on SIGTERM", async () => {
+    const dataDir = mkdtempSync(join(tmpdir(), "cadenza-data-"));
+    const first = await start({ DATA_DIR: dataDir });
+    expect((await fetch(`${first.url}/readyz`)).status).toBe(200);
+    const a = clientFor(first);
+    const { authId } = await a.beginAuth({});
+    await a.nextStep({ authId });
+    await choose(a, authId, "register");
+    expect(await first.stop()).toBe(0);
+    expect(first.logs.some((l) => l.msg === "stopped")).toBe(true);
+
+    const second = await start({ DATA_DIR: dataDir });
+    const b = clientFor(second);
+    expect((await b.nextStep({ authId })).step?.step.value).toMatchObject({ title: "register" });
+    const user = newUser();
+    const done = await submitForm(b, authId, [
+      text(user.email),
+      text(user.username),
+      bytes(user.password),
+    ]);
+    expect(done.step?.step.case).toBe("session");
+    expect(await second.stop()).toBe(0);
+  });
+
+  it("refuses to start on a bad configuration, naming every problem", async () => {
+    await expect(start({ PORT: "nope", FLOW_TTL: "later" })).rejects.toThrow(
+      /exited with 2[\s\S]*PORT=nope[\s\S]*FLOW_TTL=later/,
+    );
+  });
+});
+
+describe.skipIf(postgresBackend === undefined)("two processes on one Postgres", () => {
+  let database: TestDatabase;
+  afterAll(async () => {
+    await database?.close();
+  });
+
+  it("migrates once under the lock, and a stream on B gets every step made on A", async () => {
+    database = await (postgresBackend as NonNullable<typeof postgresBackend>).open({
+      migrate: false,
+    });
+    const env = { DATABASE_URL: database.url ?? "" };
+    const [a, b] = await Promise.all([start(env), start(env)]);
+    const migrated = [...a.logs, ...b.logs].filter((l) => l.msg === "database migrated");
+    expect(migrated).toHaveLength(1);
+
+    for (const protocol of ["connect-json/http1", "grpc/http2"] as const) {
+      const onA = clientFor(a, protocol);
+      const onB = clientFor(b, protocol);
+      const user = newUser();
+      const { authId } = await onA.beginAuth({});
+      const streamed: AuthStep[] = [];
+      const stream = (async () => {
+        for await (const res of onB.streamSteps({ authId })) if (res.step) streamed.push(res.step);
+      })();
+      await onA.nextStep({ authId });
+      await choose(onA, authId, "login");
+      await onB.stepBack({ authId });
+      await choose(onA, authId, "register");
+      const done = await submitForm(onA, authId, [
+        text(user.email),
+        text(user.username),
+        bytes(user.password),
+      ]);
+      await stream;
+      expect(
+        streamed.map((s) => (s.step.case === "session" ? "session" : s.step.value?.title)),
+      ).toEqual(["initial", "login", "initial", "register", "session"]);
+      expect(streamed.at(-1)).toEqual(done.step);
+      const token = done.step?.step.case === "session" ? done.step.step.value.sessionToken : "";
+      await onB.checkLoggedIn({}, { headers: { authorization: token } });
+    }
+    expect(await a.stop()).toBe(0);
+    expect(await b.stop()).toBe(0);
+  });
+});
