@@ -413,7 +413,9 @@ describe.each(backends)("auth flow on $name", (backend) => {
         text(user.username),
         bytes(user.password),
       ]);
+      expect((await collect(authId)).at(-1)?.step.case).toBe("session");
       app.clock.advance(SPENT_FLOW_GRACE_MS);
+      await expectRpcError(collect(authId), Code.FailedPrecondition, "h.bad-auth-id");
       await app.ctx.flows.sweep();
       await expectRpcError(collect(authId), Code.NotFound, "h.bad-auth-id");
     });

@@ -154,8 +154,9 @@ export function createFlows(deps: FlowsDeps): Flows {
       const subscription = hub.subscribe(keys.lookup);
       try {
         let flow = await load(keys);
-        if (!flow.done && clock.now() >= flow.expiresAt) {
-          throw new HarmonyError(authErrors.expiredAuthId);
+        // A completed flow stays readable only for its short grace period.
+        if (clock.now() >= flow.expiresAt) {
+          throw new HarmonyError(flow.done ? authErrors.spentAuthId : authErrors.expiredAuthId);
         }
         let nextSeq = 1;
         // What to deliver next: announced steps, or "log" to re-read the log

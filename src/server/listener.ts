@@ -68,7 +68,7 @@ export async function startServer(ctx: AppContext): Promise<RunningServer> {
       readFile(config.tls.keyFile),
     ]);
     listener = createTlsServer(
-      { cert, key, ALPNProtocols: ["h2", "http/1.1"] },
+      { cert, key, ALPNProtocols: ["h2", "http/1.1"], handshakeTimeout: 10_000 },
       (socket: TLSSocket) => {
         track(socket);
         (socket.alpnProtocol === "h2" ? http2 : http1).emit("connection", socket);
