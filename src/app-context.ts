@@ -9,12 +9,21 @@ import { createStepHub, type StepHub } from "./auth/step-hub.js";
 import { type Clock, systemClock } from "./clock.js";
 import type { Config } from "./config.js";
 import type { Database } from "./db/database.js";
+import {
+  createForeignUserStore,
+  createRemoteKeyStore,
+  createServerKeyStore,
+  createUsedTokenStore,
+} from "./db/federation-stores.js";
 import { createFlowStore } from "./db/flow-store.js";
 import { loadMigrations, migrate } from "./db/migrate.js";
 import { createPgliteDatabase } from "./db/pglite.js";
 import { createPostgresDatabase } from "./db/postgres.js";
 import { createSessionStore } from "./db/session-store.js";
 import { createUserStore } from "./db/user-store.js";
+import { createFederation, type Federation } from "./federation/federation.js";
+import { createRemoteKeys } from "./federation/remote-keys.js";
+import { createServerKeys, type ServerKeys } from "./federation/server-keys.js";
 
 /** Everything the server is made of, built once by {@link createAppContext}. */
 export interface AppContext {
@@ -27,6 +36,8 @@ export interface AppContext {
   readonly accounts: Accounts;
   readonly flows: Flows;
   readonly hub: StepHub;
+  readonly serverKeys: ServerKeys;
+  readonly federation: Federation;
   /** The schema version this build migrates to; /readyz compares against it. */
   readonly schemaVersion: number;
   /** Stops background work and closes the database. */
@@ -109,6 +120,28 @@ export async function createAppContext(
     const policy: FlowPolicy = { registration: config.registration === "open", otherOptions: [] };
     const hub = await createStepHub(flowStore);
     const flows = createFlows({ db, clock, config, policy, flowStore, hub, accounts, sessions });
+    const serverKeys = await createServerKeys({
+      db,
+      clock,
+      logger,
+      keyStore: createServerKeyStore(db),
+      keyEncryptionKey: config.federation.keyEncryptionKey,
+    });
+    const federation = createFederation({
+      db,
+      clock,
+      config,
+      serverKeys,
+      remoteKeys: createRemoteKeys({
+        db,
+        clock,
+        config: config.federation,
+        remoteKeyStore: createRemoteKeyStore(),
+      }),
+      sessions,
+      usedTokens: createUsedTokenStore(),
+      foreignUsers: createForeignUserStore(),
+    });
 
     const sweepEvery = overrides.sweepIntervalMs ?? SWEEP_INTERVAL_MS;
     const sweeper =
@@ -138,10 +171,13 @@ export async function createAppContext(
       accounts,
       flows,
       hub,
+      serverKeys,
+      federation,
       schemaVersion: migrations.at(-1)?.version ?? 0,
       async close() {
         if (sweeper) clearInterval(sweeper);
         await hub.close();
+        await serverKeys.close();
         if (ownsDb) await db.close();
       },
     };

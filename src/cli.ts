@@ -1,46 +1,71 @@
 import { createLogger, openDatabase } from "./app-context.js";
+import { systemClock } from "./clock.js";
 import { ConfigError, loadConfig } from "./config.js";
+import type { Database } from "./db/database.js";
+import { createServerKeyStore } from "./db/federation-stores.js";
 import { migrate } from "./db/migrate.js";
+import { StartupError } from "./errors.js";
+import { createServerKeys } from "./federation/server-keys.js";
 
 const usage = `usage: npm run cli -- <command>
 
 commands:
-  migrate    apply pending database migrations and exit (also done at start-up)
+  migrate       apply pending database migrations and exit (also done at start-up)
+  key show      print this server's current public key (base64)
+  key rotate    make a new Ed25519 key current; running servers on Postgres switch at once
+                (on embedded PGlite, stop the server first: one process per DATA_DIR)
 `;
 
-/** Operator commands: `npm run cli -- <command>`. */
+/** Operator commands: `npm run cli -- <command>`, with the server's environment. */
 async function main(argv: readonly string[]): Promise<number> {
-  const [command] = argv;
-  if (command === undefined || command === "help" || command === "--help") {
+  const command = argv.join(" ");
+  if (command === "" || command === "help" || command === "--help") {
     process.stdout.write(usage);
-    return command === undefined ? 2 : 0;
+    return command === "" ? 2 : 0;
+  }
+  if (!["migrate", "key show", "key rotate"].includes(command)) {
+    process.stderr.write(`unknown command: ${command}\n${usage}`);
+    return 2;
   }
   const config = loadConfig();
-  const logger = createLogger(config);
-  switch (command) {
-    case "migrate": {
-      const db = await openDatabase(config, logger);
-      try {
-        const applied = await migrate(db);
-        process.stdout.write(
-          applied.length === 0 ? "database is up to date\n" : `applied: ${applied.join(", ")}\n`,
-        );
-        return 0;
-      } finally {
-        await db.close();
-      }
+  const logger = createLogger({ logLevel: config.logLevel === "info" ? "warn" : config.logLevel });
+  const db: Database = await openDatabase(config, logger);
+  try {
+    const applied = await migrate(db);
+    if (command === "migrate") {
+      process.stdout.write(
+        applied.length === 0 ? "database is up to date\n" : `applied: ${applied.join(", ")}\n`,
+      );
+      return 0;
     }
-    default:
-      process.stderr.write(`unknown command: ${command}\n${usage}`);
-      return 2;
+    const keys = await createServerKeys({
+      db,
+      clock: systemClock,
+      logger,
+      keyStore: createServerKeyStore(db),
+      keyEncryptionKey: config.federation.keyEncryptionKey,
+    });
+    try {
+      const key = command === "key rotate" ? await keys.rotate() : keys.current();
+      process.stdout.write(
+        `${command === "key rotate" ? "new current key" : "current key"} ${key.id}: ${Buffer.from(key.publicKey).toString("base64")}\n`,
+      );
+      return 0;
+    } finally {
+      await keys.close();
+    }
+  } finally {
+    await db.close();
   }
 }
 
 main(process.argv.slice(2)).then(
   (code) => process.exit(code),
   (err: unknown) => {
-    const message = err instanceof ConfigError || !(err instanceof Error) ? String(err) : err.stack;
-    process.stderr.write(`cadenza: ${message}\n`);
-    process.exit(1);
+    const known = err instanceof ConfigError || err instanceof StartupError;
+    process.stderr.write(
+      `cadenza: ${known || !(err instanceof Error) ? String(err instanceof Error ? err.message : err) : err.stack}\n`,
+    );
+    process.exit(known ? 2 : 1);
   },
 );

@@ -4,6 +4,8 @@
  * `process.env`.
  */
 
+import { canonicalServerId } from "./federation/server-ids.js";
+
 /** Log levels understood by pino, plus `silent`. */
 export const logLevels = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 export type LogLevel = (typeof logLevels)[number];
@@ -38,6 +40,27 @@ export interface Config {
   readonly readMaxBytes: number;
   /** How long a shutdown waits for calls in flight before it cuts them off. */
   readonly shutdownGraceMs: number;
+  readonly federation: FederationConfig;
+}
+
+export interface FederationConfig {
+  readonly enabled: boolean;
+  /** Server IDs (canonical `host:port`) allowed to federate; empty allows all not denied. */
+  readonly allow: readonly string[];
+  /** Server IDs (canonical `host:port`) never federated with. */
+  readonly deny: readonly string[];
+  /** Allow plain http and loopback/private targets (development and tests only). */
+  readonly allowInsecure: boolean;
+  /** How long a homeserver's fetched public key is trusted before it is fetched again. */
+  readonly keyTtlMs: number;
+  /** How long after `issued_at` a federation token is accepted. */
+  readonly tokenTtlMs: number;
+  /** Accept tokens without `issued_at`, as other Harmony servers issue them. */
+  readonly acceptUntimed: boolean;
+  /** Timeout for calls to other homeservers. */
+  readonly requestTimeoutMs: number;
+  /** 32-byte key (AES-256-GCM) the server's private key is encrypted with at rest. */
+  readonly keyEncryptionKey: Buffer | undefined;
 }
 
 /** Thrown by {@link loadConfig} with every problem found, one per line. */
@@ -69,6 +92,15 @@ export const defaults = {
   ARGON2_PARALLELISM: "1",
   READ_MAX_BYTES: "65536",
   SHUTDOWN_GRACE: "10s",
+  FEDERATION: "on",
+  FEDERATION_ALLOW: "",
+  FEDERATION_DENY: "",
+  FEDERATION_ALLOW_INSECURE: "false",
+  FEDERATION_KEY_TTL: "1d",
+  FEDERATION_TOKEN_TTL: "5m",
+  FEDERATION_ACCEPT_UNTIMED: "true",
+  FEDERATION_TIMEOUT: "5s",
+  KEY_ENCRYPTION_KEY: "",
 } as const;
 
 type Env = Readonly<Record<string, string | undefined>>;
@@ -135,11 +167,37 @@ export function loadConfig(env: Env = process.env): Config {
     return text as T;
   };
 
+  const bool = (name: keyof typeof defaults): boolean => {
+    const text = get(name).toLowerCase();
+    if (["true", "on", "yes", "1"].includes(text)) return true;
+    if (["false", "off", "no", "0"].includes(text)) return false;
+    problems.push(`${name}=${text}: expected true or false (on or off)`);
+    return ["true", "on"].includes(defaults[name]);
+  };
+
+  const serverIds = (name: keyof typeof defaults): string[] =>
+    get(name)
+      .split(",")
+      .map((id) => id.trim())
+      .filter((id) => id !== "")
+      .flatMap((id) => {
+        const canonical = canonicalServerId(id);
+        if (canonical === undefined) {
+          problems.push(`${name}: ${id} is not a server ID; expected domain:port`);
+          return [];
+        }
+        return [canonical];
+      });
+
   const host = get("HOST");
   const port = int("PORT", 0, 65535);
-  const serverId = env.SERVER_ID?.trim() ? env.SERVER_ID.trim() : `localhost:${port}`;
-  if (!/^[A-Za-z0-9.-]+:\d{1,5}$|^\[[0-9A-Fa-f:.]+\]:\d{1,5}$/.test(serverId)) {
-    problems.push(`SERVER_ID=${serverId}: expected domain:port, such as chat.example.org:2289`);
+  const explicitServerId = env.SERVER_ID?.trim() ?? "";
+  const serverIdText = explicitServerId !== "" ? explicitServerId : `localhost:${port}`;
+  const serverId = serverIdText.includes("://") ? undefined : canonicalServerId(serverIdText);
+  // PORT=0 (any free port) leaves the derived default `localhost:0`, fine for
+  // tests that do not federate; a SERVER_ID that is set must be valid.
+  if (serverId === undefined && explicitServerId !== "") {
+    problems.push(`SERVER_ID=${serverIdText}: expected domain:port, such as chat.example.org:2289`);
   }
   const logLevel = oneOf("LOG_LEVEL", logLevels);
 
@@ -191,11 +249,36 @@ export function loadConfig(env: Env = process.env): Config {
   const readMaxBytes = int("READ_MAX_BYTES", 1024, 16 * 1024 * 1024);
   const shutdownGraceMs = duration("SHUTDOWN_GRACE", 0);
 
+  const kekText = get("KEY_ENCRYPTION_KEY");
+  let keyEncryptionKey: Buffer | undefined;
+  if (kekText !== "") {
+    keyEncryptionKey = /^[0-9a-fA-F]{64}$/.test(kekText)
+      ? Buffer.from(kekText, "hex")
+      : Buffer.from(kekText, "base64");
+    if (keyEncryptionKey.length !== 32 || !/^[A-Za-z0-9+/=_-]+$/.test(kekText)) {
+      problems.push(
+        "KEY_ENCRYPTION_KEY: expected 32 bytes as 64 hex digits or base64 (openssl rand -base64 32)",
+      );
+      keyEncryptionKey = undefined;
+    }
+  }
+  const federation = {
+    enabled: oneOf("FEDERATION", ["on", "off"] as const) === "on",
+    allow: serverIds("FEDERATION_ALLOW"),
+    deny: serverIds("FEDERATION_DENY"),
+    allowInsecure: bool("FEDERATION_ALLOW_INSECURE"),
+    keyTtlMs: duration("FEDERATION_KEY_TTL", 60_000),
+    tokenTtlMs: duration("FEDERATION_TOKEN_TTL", 10_000),
+    acceptUntimed: bool("FEDERATION_ACCEPT_UNTIMED"),
+    requestTimeoutMs: duration("FEDERATION_TIMEOUT", 100),
+    keyEncryptionKey,
+  };
+
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze({
     host,
     port,
-    serverId,
+    serverId: serverId ?? serverIdText,
     logLevel,
     databaseUrl,
     databasePoolSize,
@@ -209,5 +292,10 @@ export function loadConfig(env: Env = process.env): Config {
     argon2: Object.freeze(argon2),
     readMaxBytes,
     shutdownGraceMs,
+    federation: Object.freeze({
+      ...federation,
+      allow: Object.freeze(federation.allow),
+      deny: Object.freeze(federation.deny),
+    }),
   });
 }

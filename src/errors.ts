@@ -88,3 +88,14 @@ export function identifierForCode(code: Code): string {
       return "hrpc.internal-server-error";
   }
 }
+
+/**
+ * A condition an operator must fix before cadenza can start (a wrong key, a
+ * bad setting). main prints its message alone, without a stack.
+ */
+export class StartupError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "StartupError";
+  }
+}

@@ -1,5 +1,6 @@
 import { createAppContext, createLogger } from "./app-context.js";
 import { ConfigError, loadConfig } from "./config.js";
+import { StartupError } from "./errors.js";
 import { startServer } from "./server/listener.js";
 
 /** Starts cadenza from the environment and stops it cleanly on SIGTERM or SIGINT. */
@@ -42,6 +43,10 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
+  if (err instanceof StartupError) {
+    process.stderr.write(`cadenza: cannot start: ${err.message}\n`);
+    process.exit(2);
+  }
   process.stderr.write(`cadenza: failed to start: ${err instanceof Error ? err.stack : err}\n`);
   process.exit(1);
 });

@@ -89,7 +89,17 @@ describe.each(backends)("one port, every protocol, on $name", (backend) => {
         Code.Unauthenticated,
         "h.bad-password\nh.bad-email",
       );
-      await expectRpcError(c.key({}), Code.Unimplemented, "hrpc.not-implemented");
+      await expectRpcError(
+        c.federate({ serverId: "other.example.org:443" }),
+        Code.Unauthenticated,
+        "h.blank-session",
+      );
+      await expectRpcError(
+        c.loginFederated({ serverId: "other.example.org:443" }),
+        Code.InvalidArgument,
+        "h.bad-token",
+      );
+      expect((await c.key({})).key).toHaveLength(32);
     });
   });
 
@@ -174,7 +184,10 @@ describe.each(backends)("one port, every protocol, on $name", (backend) => {
       expect((await fetch(`${server.url}/healthz`)).status).toBe(200);
       const ready = await fetch(`${server.url}/readyz`);
       expect(ready.status).toBe(200);
-      expect(await ready.json()).toMatchObject({ status: "ready", schemaVersion: 1 });
+      expect(await ready.json()).toMatchObject({
+        status: "ready",
+        schemaVersion: ctx.schemaVersion,
+      });
     });
   });
 

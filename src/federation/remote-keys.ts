@@ -1,0 +1,88 @@
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import type { Clock } from "../clock.js";
+import type { FederationConfig } from "../config.js";
+import type { Queryable } from "../db/database.js";
+import { HarmonyError } from "../errors.js";
+import { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
+import { federationErrors } from "./federation-errors.js";
+import { resolveServer } from "./server-ids.js";
+import type { RemoteKeyStore } from "./stores.js";
+
+/** A failed verification refetches a homeserver's key at most this often. */
+export const REFETCH_INTERVAL_MS = 60_000;
+/** A Key response is a few dozen bytes; anything much larger is refused. */
+const KEY_RESPONSE_MAX_BYTES = 1024;
+
+export interface RemoteKeys {
+  /** The homeserver's key, from the cache while younger than FEDERATION_KEY_TTL. */
+  get(serverId: string): Promise<{ publicKey: Uint8Array; fresh: boolean }>;
+  /**
+   * Fetches the key again, for a signature that failed against the cached one
+   * (the homeserver may have rotated). Undefined when it was fetched less than
+   * a minute ago, so a stream of bad tokens cannot make us hammer a server.
+   */
+  refresh(serverId: string): Promise<Uint8Array | undefined>;
+}
+
+export type RemoteKeysDeps = {
+  readonly db: Queryable;
+  readonly clock: Clock;
+  readonly config: Pick<FederationConfig, "allowInsecure" | "keyTtlMs" | "requestTimeoutMs">;
+  readonly remoteKeyStore: RemoteKeyStore;
+};
+
+/**
+ * Other homeservers' public keys, fetched with their Key RPC over Connect and
+ * cached in Postgres. Fetches go only to vetted addresses, with a timeout and
+ * a size cap, and never follow redirects.
+ */
+export function createRemoteKeys({
+  db,
+  clock,
+  config,
+  remoteKeyStore,
+}: RemoteKeysDeps): RemoteKeys {
+  const fetchKey = async (serverId: string): Promise<Uint8Array> => {
+    const target = await resolveServer(serverId, config.allowInsecure);
+    const transport = createConnectTransport({
+      baseUrl: target.baseUrl,
+      httpVersion: "1.1",
+      useBinaryFormat: true,
+      readMaxBytes: KEY_RESPONSE_MAX_BYTES,
+      defaultTimeoutMs: config.requestTimeoutMs,
+      nodeOptions: target.lookup ? { lookup: target.lookup } : {},
+    });
+    let key: Uint8Array;
+    try {
+      ({ key } = await createClient(AuthService, transport).key({}));
+    } catch (err) {
+      throw new HarmonyError(federationErrors.homeserverUnavailable, {
+        message: `could not fetch the public key of ${serverId}: ${(err as Error).message}`,
+        cause: err,
+      });
+    }
+    if (key.length !== 32) {
+      throw new HarmonyError(federationErrors.homeserverUnavailable, {
+        message: `${serverId} answered Key with ${key.length} bytes, not a 32-byte Ed25519 key`,
+      });
+    }
+    await remoteKeyStore.put(db, serverId, key, clock.now());
+    return key;
+  };
+
+  return {
+    async get(serverId) {
+      const cached = await remoteKeyStore.get(db, serverId);
+      if (cached && clock.now() - cached.fetchedAt < config.keyTtlMs) {
+        return { publicKey: cached.publicKey, fresh: false };
+      }
+      return { publicKey: await fetchKey(serverId), fresh: true };
+    },
+    async refresh(serverId) {
+      const cached = await remoteKeyStore.get(db, serverId);
+      if (cached && clock.now() - cached.fetchedAt < REFETCH_INTERVAL_MS) return undefined;
+      return fetchKey(serverId);
+    },
+  };
+}

@@ -1,0 +1,135 @@
+import { lookup as dnsLookup } from "node:dns/promises";
+import type { LookupFunction } from "node:net";
+import { BlockList, isIP } from "node:net";
+import { HarmonyError } from "../errors.js";
+import { federationErrors } from "./federation-errors.js";
+
+/**
+ * A server ID in canonical form, `host:port` with the host lower-cased, or
+ * undefined when it is not one. Accepts `host:port`, `[v6]:port`, and the
+ * same with an `http://` or `https://` prefix, where the port defaults to the
+ * scheme's (clients do send IDs with schemes).
+ */
+export function canonicalServerId(id: string): string | undefined {
+  return parseServerId(id)?.canonical;
+}
+
+interface ParsedServerId {
+  readonly scheme: "http" | "https" | undefined;
+  /** Host as written in a URL: a name, an IPv4 address or a bracketed IPv6 address. */
+  readonly host: string;
+  readonly port: number;
+  readonly canonical: string;
+}
+
+function parseServerId(id: string): ParsedServerId | undefined {
+  const match =
+    /^(?:(https?):\/\/)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::(\d{1,5}))?\/?$/.exec(
+      id.trim(),
+    );
+  if (!match) return undefined;
+  const scheme = match[1] as "http" | "https" | undefined;
+  const host = (match[2] ?? "").toLowerCase();
+  const portText = match[3] ?? (scheme === "https" ? "443" : scheme === "http" ? "80" : undefined);
+  const port = Number(portText);
+  if (portText === undefined || port < 1 || port > 65535) return undefined;
+  if (host.startsWith("[") && isIP(host.slice(1, -1)) !== 6) return undefined;
+  return { scheme, host, port, canonical: `${host}:${port}` };
+}
+
+// Addresses no federation request may reach unless FEDERATION_ALLOW_INSECURE:
+// loopback, private, link-local, unique-local, and other non-public ranges.
+const nonPublic = new BlockList();
+for (const [net, prefix] of [
+  ["0.0.0.0", 8],
+  ["10.0.0.0", 8],
+  ["100.64.0.0", 10],
+  ["127.0.0.0", 8],
+  ["169.254.0.0", 16],
+  ["172.16.0.0", 12],
+  ["192.0.0.0", 24],
+  ["192.168.0.0", 16],
+  ["198.18.0.0", 15],
+  ["224.0.0.0", 4],
+  ["240.0.0.0", 4],
+] as const) {
+  nonPublic.addSubnet(net, prefix, "ipv4");
+}
+for (const [net, prefix] of [
+  ["::", 128],
+  ["::1", 128],
+  ["fc00::", 7],
+  ["fe80::", 10],
+  ["ff00::", 8],
+  ["64:ff9b::", 96],
+] as const) {
+  nonPublic.addSubnet(net, prefix, "ipv6");
+}
+
+/** Whether an IP address is on the public internet (IPv4-mapped IPv6 is judged as IPv4). */
+export function isPublicAddress(address: string): boolean {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
+  if (mapped?.[1]) return isPublicAddress(mapped[1]);
+  const family = isIP(address);
+  if (family === 0) return false;
+  return !nonPublic.check(address, family === 4 ? "ipv4" : "ipv6");
+}
+
+/** Where to reach a homeserver, with the address already vetted. */
+export interface ResolvedServer {
+  readonly canonical: string;
+  readonly baseUrl: string;
+  /** Connects to the vetted address only, so DNS cannot change it between check and use. */
+  readonly lookup: LookupFunction | undefined;
+}
+
+/**
+ * Turns a server ID into a base URL and vets the address it will connect to.
+ * `domain:port` becomes `https://domain:port`; an ID with a scheme is used as
+ * given. Unless `allowInsecure`, plain http and non-public addresses are
+ * refused with `h.host-not-allowed` before any connection is made. With
+ * `allowInsecure`, a bare ID means `http://`.
+ */
+export async function resolveServer(id: string, allowInsecure: boolean): Promise<ResolvedServer> {
+  const parsed = parseServerId(id);
+  if (!parsed) throw new HarmonyError(federationErrors.invalidServerId);
+  const scheme = parsed.scheme ?? (allowInsecure ? "http" : "https");
+  const refuse = (why: string): never => {
+    throw new HarmonyError(federationErrors.hostNotAllowed, {
+      message: `federation with ${parsed.canonical} is not allowed: ${why}`,
+    });
+  };
+  if (scheme === "http" && !allowInsecure) refuse("plain http is not allowed");
+  const baseUrl = `${scheme}://${parsed.host}:${parsed.port}`;
+  if (allowInsecure) return { canonical: parsed.canonical, baseUrl, lookup: undefined };
+
+  const literal = parsed.host.startsWith("[") ? parsed.host.slice(1, -1) : parsed.host;
+  if (isIP(literal) !== 0) {
+    if (!isPublicAddress(literal)) refuse(`${literal} is not a public address`);
+    return { canonical: parsed.canonical, baseUrl, lookup: undefined };
+  }
+  let addresses: { address: string; family: number }[];
+  try {
+    addresses = await dnsLookup(literal, { all: true });
+  } catch (err) {
+    throw new HarmonyError(federationErrors.homeserverUnavailable, {
+      message: `could not resolve ${literal}: ${(err as Error).message}`,
+      cause: err,
+    });
+  }
+  const blocked = addresses.find((a) => !isPublicAddress(a.address));
+  if (blocked || addresses.length === 0) {
+    refuse(
+      `${literal} resolves to ${blocked?.address ?? "nothing"}, which is not a public address`,
+    );
+  }
+  const pinned = addresses[0] as { address: string; family: number };
+  const lookup: LookupFunction = (_hostname, options, callback) => {
+    if ((options as { all?: boolean }).all) {
+      (callback as (e: null, a: { address: string; family: number }[]) => void)(null, [pinned]);
+    } else {
+      callback(null, pinned.address, pinned.family);
+    }
+  };
+  return { canonical: parsed.canonical, baseUrl, lookup };
+}
