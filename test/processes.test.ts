@@ -7,8 +7,8 @@ import type { AuthStep } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { postgresBackend, type TestDatabase } from "./helpers/databases.js";
 import { bytes, choose, newUser, submitForm, text } from "./helpers/flow.js";
-import { type ServerProcess, startServerProcess } from "./helpers/process.js";
-import { transportFactory } from "./helpers/server.js";
+import { runCli, type ServerProcess, startServerProcess } from "./helpers/process.js";
+import { freePort, transportFactory } from "./helpers/server.js";
 
 const transports = transportFactory();
 const running: ServerProcess[] = [];
@@ -100,6 +100,86 @@ describe.skipIf(postgresBackend === undefined)("two processes on one Postgres", 
       const token = done.step?.step.case === "session" ? done.step.step.value.sessionToken : "";
       await onB.checkLoggedIn({}, { headers: { authorization: token } });
     }
+    expect(await a.stop()).toBe(0);
+    expect(await b.stop()).toBe(0);
+  });
+});
+
+describe.skipIf(postgresBackend === undefined)("two homeservers as processes", () => {
+  const databases: TestDatabase[] = [];
+  afterAll(async () => {
+    for (const d of databases) await d.close();
+  });
+
+  it("federate a user from A to B, and rotate A's key with the CLI while A runs", async () => {
+    const backend = postgresBackend as NonNullable<typeof postgresBackend>;
+    const [dbA, dbB] = await Promise.all([backend.open(), backend.open()]);
+    databases.push(dbA, dbB);
+    const [portA, portB] = [await freePort(), await freePort()];
+    const envA = {
+      DATABASE_URL: dbA.url ?? "",
+      PORT: String(portA),
+      SERVER_ID: `127.0.0.1:${portA}`,
+      FEDERATION_ALLOW_INSECURE: "true",
+      KEY_ENCRYPTION_KEY: Buffer.alloc(32, 7).toString("base64"),
+    };
+    const envB = {
+      DATABASE_URL: dbB.url ?? "",
+      PORT: String(portB),
+      SERVER_ID: `127.0.0.1:${portB}`,
+      FEDERATION_ALLOW_INSECURE: "true",
+    };
+    const [a, b] = await Promise.all([start(envA), start(envB)]);
+    const onA = clientFor(a);
+    const onB = clientFor(b, "grpc/http2");
+    const user = newUser();
+    const authId = (await onA.beginAuth({})).authId;
+    await onA.nextStep({ authId });
+    await choose(onA, authId, "register");
+    const done = await submitForm(onA, authId, [
+      text(user.email),
+      text(user.username),
+      bytes(user.password),
+    ]);
+    const token = done.step?.step.case === "session" ? done.step.step.value.sessionToken : "";
+    const { token: federated } = await onA.federate(
+      { serverId: envB.SERVER_ID },
+      { headers: { authorization: token } },
+    );
+    const { session } = await onB.loginFederated({
+      authToken: federated,
+      serverId: envA.SERVER_ID,
+    });
+    await onB.checkLoggedIn({}, { headers: { authorization: session?.sessionToken ?? "" } });
+
+    // The key is encrypted at rest under KEY_ENCRYPTION_KEY.
+    const stored = await dbA.db.query<{ encrypted: boolean; private_key: Uint8Array }>(
+      "SELECT encrypted, private_key FROM server_keys",
+    );
+    expect(stored.rows.map((r) => [r.encrypted, r.private_key.length])).toEqual([[true, 60]]);
+
+    const before = (await onA.key({})).key;
+    const rotated = await runCli(["key", "rotate"], {
+      DATABASE_URL: envA.DATABASE_URL,
+      KEY_ENCRYPTION_KEY: envA.KEY_ENCRYPTION_KEY,
+    });
+    expect(rotated.code).toBe(0);
+    const announced = Buffer.from(rotated.stdout.split(": ")[1]?.trim() ?? "", "base64");
+    expect(announced).toHaveLength(32);
+    // A hears of the rotation through NOTIFY and serves the new key.
+    for (
+      let i = 0;
+      i < 50 && Buffer.from((await onA.key({})).key).equals(Buffer.from(before));
+      i++
+    ) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    expect(Buffer.from((await onA.key({})).key)).toEqual(announced);
+
+    // A wrong KEY_ENCRYPTION_KEY stops start-up with a clear message.
+    await expect(
+      start({ ...envA, PORT: "0", KEY_ENCRYPTION_KEY: Buffer.alloc(32, 8).toString("base64") }),
+    ).rejects.toThrow(/exited with 2[\s\S]*KEY_ENCRYPTION_KEY does not decrypt/);
     expect(await a.stop()).toBe(0);
     expect(await b.stop()).toBe(0);
   });

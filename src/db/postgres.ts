@@ -2,11 +2,22 @@ import pg from "pg";
 import type { Database, NotificationHandlers, Queryable, QueryResult } from "./database.js";
 
 const INT8_OID = 20;
+const BYTEA_OID = 17;
 
-/** int8 as bigint (pg's default is a string), to match PGlite. */
+/**
+ * int8 as bigint (pg's default is a string) and bytea as a plain Uint8Array
+ * (pg's default is a Buffer), to match PGlite.
+ */
 const types = {
   getTypeParser(oid: number, format?: "text" | "binary") {
     if (oid === INT8_OID) return (value: string) => BigInt(value);
+    if (oid === BYTEA_OID) {
+      const parseBuffer = pg.types.getTypeParser(oid, "text") as (v: string) => Buffer;
+      return (value: string) => {
+        const buffer = parseBuffer(value);
+        return new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+      };
+    }
     return pg.types.getTypeParser(oid, format ?? "text");
   },
 } as const;

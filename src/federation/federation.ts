@@ -160,9 +160,9 @@ export function createFederation(deps: FederationDeps): Federation {
       const issuer = assertAllowed(issuerText);
 
       // Verify the exact bytes received, never a re-serialisation.
-      const { publicKey, fresh } = await remoteKeys.get(issuer);
+      const { publicKey, fresh } = await remoteKeys.get(issuerText);
       if (!verify(token.sig, token.data, publicKey)) {
-        const refetched = fresh ? undefined : await remoteKeys.refresh(issuer);
+        const refetched = fresh ? undefined : await remoteKeys.refresh(issuerText);
         if (!refetched || !verify(token.sig, token.data, refetched)) {
           throw new HarmonyError(federationErrors.tokenVerifyFailure);
         }

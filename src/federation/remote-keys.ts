@@ -6,7 +6,7 @@ import type { Queryable } from "../db/database.js";
 import { HarmonyError } from "../errors.js";
 import { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
 import { federationErrors } from "./federation-errors.js";
-import { resolveServer } from "./server-ids.js";
+import { type CheckedServer, checkServer, resolveServer } from "./server-ids.js";
 import type { RemoteKeyStore } from "./stores.js";
 
 /** A failed verification refetches a homeserver's key at most this often. */
@@ -15,7 +15,11 @@ export const REFETCH_INTERVAL_MS = 60_000;
 const KEY_RESPONSE_MAX_BYTES = 1024;
 
 export interface RemoteKeys {
-  /** The homeserver's key, from the cache while younger than FEDERATION_KEY_TTL. */
+  /**
+   * The key of the homeserver `serverId` (as the client gave it: a scheme, if
+   * any, says how to reach it), from the cache while younger than
+   * FEDERATION_KEY_TTL. The cache is keyed by the canonical server ID.
+   */
   get(serverId: string): Promise<{ publicKey: Uint8Array; fresh: boolean }>;
   /**
    * Fetches the key again, for a signature that failed against the cached one
@@ -43,15 +47,16 @@ export function createRemoteKeys({
   config,
   remoteKeyStore,
 }: RemoteKeysDeps): RemoteKeys {
-  const fetchKey = async (serverId: string): Promise<Uint8Array> => {
-    const target = await resolveServer(serverId, config.allowInsecure);
+  const fetchKey = async (target: CheckedServer): Promise<Uint8Array> => {
+    const serverId = target.canonical;
+    const lookup = await resolveServer(target, config.allowInsecure);
     const transport = createConnectTransport({
       baseUrl: target.baseUrl,
       httpVersion: "1.1",
       useBinaryFormat: true,
       readMaxBytes: KEY_RESPONSE_MAX_BYTES,
       defaultTimeoutMs: config.requestTimeoutMs,
-      nodeOptions: target.lookup ? { lookup: target.lookup } : {},
+      nodeOptions: lookup ? { lookup } : {},
     });
     let key: Uint8Array;
     try {
@@ -73,16 +78,18 @@ export function createRemoteKeys({
 
   return {
     async get(serverId) {
-      const cached = await remoteKeyStore.get(db, serverId);
+      const target = checkServer(serverId, config.allowInsecure);
+      const cached = await remoteKeyStore.get(db, target.canonical);
       if (cached && clock.now() - cached.fetchedAt < config.keyTtlMs) {
         return { publicKey: cached.publicKey, fresh: false };
       }
-      return { publicKey: await fetchKey(serverId), fresh: true };
+      return { publicKey: await fetchKey(target), fresh: true };
     },
     async refresh(serverId) {
-      const cached = await remoteKeyStore.get(db, serverId);
+      const target = checkServer(serverId, config.allowInsecure);
+      const cached = await remoteKeyStore.get(db, target.canonical);
       if (cached && clock.now() - cached.fetchedAt < REFETCH_INTERVAL_MS) return undefined;
-      return fetchKey(serverId);
+      return fetchKey(target);
     },
   };
 }

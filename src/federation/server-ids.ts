@@ -83,53 +83,75 @@ export interface ResolvedServer {
   readonly lookup: LookupFunction | undefined;
 }
 
+/** A server ID that passed the checks that need no network. */
+export interface CheckedServer {
+  readonly canonical: string;
+  readonly baseUrl: string;
+  /** The host to resolve, or undefined when it is an IP address (already vetted). */
+  readonly hostname: string | undefined;
+}
+
 /**
- * Turns a server ID into a base URL and vets the address it will connect to.
- * `domain:port` becomes `https://domain:port`; an ID with a scheme is used as
- * given. Unless `allowInsecure`, plain http and non-public addresses are
- * refused with `h.host-not-allowed` before any connection is made. With
- * `allowInsecure`, a bare ID means `http://`.
+ * Turns a server ID into a base URL, refusing what can be refused without
+ * the network. `domain:port` becomes `https://domain:port`; an ID with a
+ * scheme is used as given. Unless `allowInsecure`, plain http and non-public
+ * IP addresses are refused with `h.host-not-allowed`. With `allowInsecure`, a
+ * bare ID means `http://`.
  */
-export async function resolveServer(id: string, allowInsecure: boolean): Promise<ResolvedServer> {
+export function checkServer(id: string, allowInsecure: boolean): CheckedServer {
   const parsed = parseServerId(id);
   if (!parsed) throw new HarmonyError(federationErrors.invalidServerId);
   const scheme = parsed.scheme ?? (allowInsecure ? "http" : "https");
-  const refuse = (why: string): never => {
-    throw new HarmonyError(federationErrors.hostNotAllowed, {
-      message: `federation with ${parsed.canonical} is not allowed: ${why}`,
-    });
-  };
-  if (scheme === "http" && !allowInsecure) refuse("plain http is not allowed");
   const baseUrl = `${scheme}://${parsed.host}:${parsed.port}`;
-  if (allowInsecure) return { canonical: parsed.canonical, baseUrl, lookup: undefined };
-
   const literal = parsed.host.startsWith("[") ? parsed.host.slice(1, -1) : parsed.host;
-  if (isIP(literal) !== 0) {
-    if (!isPublicAddress(literal)) refuse(`${literal} is not a public address`);
-    return { canonical: parsed.canonical, baseUrl, lookup: undefined };
+  const isLiteral = isIP(literal) !== 0;
+  if (!allowInsecure) {
+    if (scheme === "http") refuse(parsed.canonical, "plain http is not allowed");
+    if (isLiteral && !isPublicAddress(literal)) {
+      refuse(parsed.canonical, `${literal} is not a public address`);
+    }
   }
+  return { canonical: parsed.canonical, baseUrl, hostname: isLiteral ? undefined : literal };
+}
+
+function refuse(canonical: string, why: string): never {
+  throw new HarmonyError(federationErrors.hostNotAllowed, {
+    message: `federation with ${canonical} is not allowed: ${why}`,
+  });
+}
+
+/**
+ * Resolves a checked server's name and vets every address it resolves to
+ * (unless `allowInsecure`); the returned lookup pins the connection to the
+ * vetted address, so DNS cannot change it between the check and the use.
+ */
+export async function resolveServer(
+  server: CheckedServer,
+  allowInsecure: boolean,
+): Promise<LookupFunction | undefined> {
+  if (allowInsecure || server.hostname === undefined) return undefined;
   let addresses: { address: string; family: number }[];
   try {
-    addresses = await dnsLookup(literal, { all: true });
+    addresses = await dnsLookup(server.hostname, { all: true });
   } catch (err) {
     throw new HarmonyError(federationErrors.homeserverUnavailable, {
-      message: `could not resolve ${literal}: ${(err as Error).message}`,
+      message: `could not resolve ${server.hostname}: ${(err as Error).message}`,
       cause: err,
     });
   }
+  const pinned = addresses[0];
   const blocked = addresses.find((a) => !isPublicAddress(a.address));
-  if (blocked || addresses.length === 0) {
+  if (blocked || !pinned) {
     refuse(
-      `${literal} resolves to ${blocked?.address ?? "nothing"}, which is not a public address`,
+      server.canonical,
+      `${server.hostname} resolves to ${blocked?.address ?? "nothing"}, which is not a public address`,
     );
   }
-  const pinned = addresses[0] as { address: string; family: number };
-  const lookup: LookupFunction = (_hostname, options, callback) => {
+  return (_hostname, options, callback) => {
     if ((options as { all?: boolean }).all) {
       (callback as (e: null, a: { address: string; family: number }[]) => void)(null, [pinned]);
     } else {
       callback(null, pinned.address, pinned.family);
     }
   };
-  return { canonical: parsed.canonical, baseUrl, lookup };
 }

@@ -1,5 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Transport } from "@connectrpc/connect";
@@ -89,4 +90,13 @@ export function selfSignedCertificate(): { certFile: string; keyFile: string; ce
     { stdio: "ignore" },
   );
   return { certFile, keyFile, cert: readFileSync(certFile) };
+}
+
+/** A port free on 127.0.0.1 right now, for servers whose SERVER_ID must name their port. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise((resolve) => server.close(resolve));
+  return port;
 }

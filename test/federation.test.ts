@@ -1,0 +1,346 @@
+import { createPublicKey, verify as nodeVerify } from "node:crypto";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { type Client, Code, createClient } from "@connectrpc/connect";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type AppContext, createAppContext } from "../src/app-context.js";
+import { createFakeClock } from "../src/clock.js";
+import { generateKeyPair, sign } from "../src/federation/ed25519.js";
+import { TokenDataSchema as CadenzaTokenDataSchema } from "../src/gen/cadenza/federation/v1/token_pb.js";
+import {
+  AuthService,
+  TokenDataSchema as HarmonyTokenDataSchema,
+} from "../src/gen/protocol/auth/v1/auth_pb.js";
+import type { Token } from "../src/gen/protocol/harmonytypes/v1/types_pb.js";
+import { type RunningServer, startServer } from "../src/server/listener.js";
+import { type FakeClock, fastHasher, testConfig } from "./helpers/app.js";
+import { backends, type TestDatabase } from "./helpers/databases.js";
+import { expectRpcError } from "./helpers/errors.js";
+import { newUser, register } from "./helpers/flow.js";
+import { freePort, transportFactory } from "./helpers/server.js";
+
+interface Homeserver {
+  readonly id: string;
+  readonly ctx: AppContext;
+  readonly server: RunningServer;
+  readonly clock: FakeClock;
+  readonly client: Client<typeof AuthService>;
+  readonly database: TestDatabase;
+}
+
+const transports = transportFactory();
+
+/** A real cadenza on loopback with its own database, federating in insecure (loopback) mode. */
+async function homeserver(
+  database: TestDatabase,
+  env: Record<string, string> = {},
+): Promise<Homeserver> {
+  const port = await freePort();
+  const id = `127.0.0.1:${port}`;
+  const clock = createFakeClock(Date.now());
+  const ctx = await createAppContext(
+    testConfig({
+      PORT: String(port),
+      SERVER_ID: id,
+      FEDERATION_ALLOW_INSECURE: "true",
+      SHUTDOWN_GRACE: "1s",
+      ...env,
+    }),
+    {
+      db: database.db,
+      clock,
+      hasher: fastHasher,
+      logger: pino({ level: "silent" }),
+      sweepIntervalMs: false,
+    },
+  );
+  const server = await startServer(ctx);
+  const client = createClient(AuthService, transports.create("connect-binary/http2", server.url));
+  return { id, ctx, server, clock, client, database };
+}
+
+const auth = (token: string) => ({ headers: { authorization: token } });
+
+describe.each(backends)("federation between two homeservers on $name", (backend) => {
+  const servers: Homeserver[] = [];
+  const databases: TestDatabase[] = [];
+  let a: Homeserver;
+  let b: Homeserver;
+  let alice: { userId: bigint; sessionToken: string };
+
+  const open = async () => {
+    const db = await backend.open();
+    databases.push(db);
+    return db;
+  };
+  const start = async (database: TestDatabase, env: Record<string, string> = {}) => {
+    const s = await homeserver(database, env);
+    servers.push(s);
+    return s;
+  };
+  const federate = async (to: string, session = alice.sessionToken): Promise<Token> => {
+    const { token } = await a.client.federate({ serverId: to }, auth(session));
+    if (!token) throw new Error("no token");
+    return token;
+  };
+  const loginOnB = (token: Token | undefined, serverId = a.id) =>
+    b.client.loginFederated({ ...(token ? { authToken: token } : {}), serverId });
+  const tamper = (bytes: Uint8Array, index: number) => {
+    const copy = Uint8Array.from(bytes);
+    copy[index] = (copy[index] ?? 0) ^ 0x01;
+    return copy;
+  };
+
+  beforeAll(async () => {
+    a = await start(await open());
+    b = await start(await open());
+    alice = await register(a.client, newUser());
+  });
+  afterAll(async () => {
+    transports.closeAll();
+    for (const s of servers) {
+      await s.server.close();
+      await s.ctx.close();
+    }
+    for (const d of databases) await d.close();
+  });
+
+  it("logs a user of A into B, where CheckLoggedIn then accepts the session", async () => {
+    const token = await federate(b.id);
+    const { session } = await loginOnB(token);
+    expect(session?.sessionToken).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    await b.client.checkLoggedIn({}, auth(session?.sessionToken ?? ""));
+    // B's local user for alice is not alice's ID on A.
+    expect(session?.userId).not.toBe(alice.userId);
+  });
+
+  it("signs TokenData that Harmony servers decode, and node:crypto verifies", async () => {
+    const token = await federate(b.id);
+    const harmony = fromBinary(HarmonyTokenDataSchema, token.data);
+    expect(harmony.userId).toBe(alice.userId);
+    expect(harmony.serverId).toBe(b.id);
+    expect(harmony.username).toMatch(/^user/);
+    const ours = fromBinary(CadenzaTokenDataSchema, token.data);
+    expect(Number(ours.issuedAt)).toBe(Math.floor(a.clock.now() / 1000));
+    expect(ours.nonce).toHaveLength(16);
+
+    const { key } = await a.client.key({});
+    expect(key).toHaveLength(32);
+    const spki = Buffer.concat([Buffer.from("302a300506032b6570032100", "hex"), key]);
+    const publicKey = createPublicKey({ key: spki, format: "der", type: "spki" });
+    expect(nodeVerify(null, token.data, publicKey, token.sig)).toBe(true);
+    expect(nodeVerify(null, tamper(token.data, 0), publicKey, token.sig)).toBe(false);
+  });
+
+  it("maps every fresh token of one user to the same local account, and refuses a replay", async () => {
+    const first = await loginOnB(await federate(b.id));
+    const token = await federate(b.id);
+    const second = await loginOnB(token);
+    expect(second.session?.userId).toBe(first.session?.userId);
+    expect(second.session?.sessionToken).not.toBe(first.session?.sessionToken);
+    await expectRpcError(loginOnB(token), Code.Unauthenticated, "h.token-replayed");
+  });
+
+  it("refreshes the username on each login", async () => {
+    const first = await loginOnB(await federate(b.id));
+    await a.database.db.query("UPDATE users SET username = 'renamed-alice' WHERE id = $1", [
+      alice.userId,
+    ]);
+    await loginOnB(await federate(b.id));
+    const { rows } = await b.database.db.query<{ username: string; email: string | null }>(
+      "SELECT username, email FROM users WHERE id = $1",
+      [first.session?.userId],
+    );
+    expect(rows[0]).toEqual({ username: "renamed-alice", email: null });
+  });
+
+  it("refuses a token meant for another server", async () => {
+    const token = await federate("chat.example.org:2289");
+    await expectRpcError(loginOnB(token), Code.Unauthenticated, "h.bad-token-audience");
+  });
+
+  it.each([
+    ["no token", () => undefined, Code.InvalidArgument, "h.bad-token"],
+    [
+      "a 63-byte signature",
+      (t: Token) => ({ ...t, sig: t.sig.slice(0, 63) }),
+      Code.InvalidArgument,
+      "h.bad-token-signature",
+    ],
+    [
+      "one changed byte of data",
+      (t: Token) => ({ ...t, data: tamper(t.data, 3) }),
+      Code.Unauthenticated,
+      "h.token-verify-failure",
+    ],
+    [
+      "one changed byte of signature",
+      (t: Token) => ({ ...t, sig: tamper(t.sig, 10) }),
+      Code.Unauthenticated,
+      "h.token-verify-failure",
+    ],
+    [
+      "a signature by another key",
+      (t: Token) => ({ ...t, sig: sign(t.data, generateKeyPair().secretKey) }),
+      Code.Unauthenticated,
+      "h.token-verify-failure",
+    ],
+  ] as const)("refuses %s", async (_what, change, code, identifier) => {
+    const token = await federate(b.id);
+    const changed = change(token) as Token | undefined;
+    await expectRpcError(loginOnB(changed), code, identifier);
+  });
+
+  it("refuses correctly signed data that is not a TokenData", async () => {
+    const data = new Uint8Array([0x0a, 0xff, 0xff]);
+    const token = { sig: sign(data, a.ctx.serverKeys.current().secretKey), data } as Token;
+    await expectRpcError(loginOnB(token), Code.InvalidArgument, "h.bad-token-data");
+  });
+
+  it("refuses a token older than FEDERATION_TOKEN_TTL", async () => {
+    const token = await federate(b.id);
+    b.clock.advance(5 * 60_000 + 31_000);
+    try {
+      await expectRpcError(loginOnB(token), Code.Unauthenticated, "h.token-expired");
+    } finally {
+      b.clock.advance(-(5 * 60_000 + 31_000));
+    }
+  });
+
+  it("accepts an untimed token as other Harmony servers issue them, once", async () => {
+    const data = toBinary(
+      HarmonyTokenDataSchema,
+      create(HarmonyTokenDataSchema, { userId: 4242n, serverId: b.id, username: "scherzo-user" }),
+    );
+    const token = { sig: sign(data, a.ctx.serverKeys.current().secretKey), data } as Token;
+    const { session } = await loginOnB(token);
+    expect(session?.userId).toBeGreaterThan(0n);
+    await expectRpcError(loginOnB(token), Code.Unauthenticated, "h.token-replayed");
+    // After one token lifetime the same bytes are accepted again: such a
+    // server signs identical bytes every time (see README).
+    b.clock.advance(5 * 60_000);
+    await b.ctx.federation.sweep();
+    expect((await loginOnB(token)).session?.userId).toBe(session?.userId);
+  });
+
+  it("keeps users of two homeservers with the same numeric ID apart", async () => {
+    const c = await start(await open());
+    const data = (username: string) =>
+      toBinary(
+        HarmonyTokenDataSchema,
+        create(HarmonyTokenDataSchema, { userId: 7n, serverId: b.id, username }),
+      );
+    const fromA = data("seven-on-a");
+    const fromC = data("seven-on-c");
+    const onA = await loginOnB({
+      sig: sign(fromA, a.ctx.serverKeys.current().secretKey),
+      data: fromA,
+    } as Token);
+    const onC = await loginOnB(
+      { sig: sign(fromC, c.ctx.serverKeys.current().secretKey), data: fromC } as Token,
+      c.id,
+    );
+    expect(onA.session?.userId).not.toBe(onC.session?.userId);
+  });
+
+  it("picks up A's rotated key, fetching again at most once a minute", async () => {
+    await b.database.db.query("DELETE FROM remote_server_keys");
+    const before = await federate(b.id);
+    await loginOnB(before); // B fetches A's key now and caches it
+    await a.ctx.serverKeys.rotate();
+    const after = await federate(b.id);
+    // The cached key was fetched less than a minute ago: no refetch yet.
+    await expectRpcError(loginOnB(after), Code.Unauthenticated, "h.token-verify-failure");
+    b.clock.advance(61_000);
+    a.clock.advance(61_000);
+    const fresh = await federate(b.id);
+    const { session } = await loginOnB(fresh);
+    await b.client.checkLoggedIn({}, auth(session?.sessionToken ?? ""));
+    expect((await a.client.key({})).key).toEqual(a.ctx.serverKeys.current().publicKey);
+  });
+
+  it("answers Unavailable when the homeserver cannot be reached", async () => {
+    const d = await start(await open());
+    const data = toBinary(
+      HarmonyTokenDataSchema,
+      create(HarmonyTokenDataSchema, { userId: 9n, serverId: b.id, username: "gone" }),
+    );
+    const token = { sig: sign(data, d.ctx.serverKeys.current().secretKey), data } as Token;
+    await d.server.close();
+    const message = await expectRpcError(
+      loginOnB(token, d.id),
+      Code.Unavailable,
+      "hrpc.unavailable",
+    );
+    expect(message).toContain(d.id);
+  });
+
+  it("lets only local users federate", async () => {
+    const { session } = await loginOnB(await federate(b.id));
+    await expectRpcError(
+      b.client.federate({ serverId: a.id }, auth(session?.sessionToken ?? "")),
+      Code.PermissionDenied,
+      "h.not-local-user",
+    );
+    await expectRpcError(
+      b.client.federate({ serverId: a.id }),
+      Code.Unauthenticated,
+      "h.blank-session",
+    );
+  });
+
+  it("refuses malformed server IDs", async () => {
+    await expectRpcError(
+      a.client.federate({ serverId: "not a server" }, auth(alice.sessionToken)),
+      Code.InvalidArgument,
+      "h.invalid-server-id",
+    );
+  });
+
+  describe("policy", () => {
+    let secure: Homeserver | undefined;
+
+    it.each([
+      [{ FEDERATION: "off" }, Code.PermissionDenied, "h.federation-disabled"],
+      [{ FEDERATION_DENY: "chat.example.org:2289" }, Code.PermissionDenied, "h.host-not-allowed"],
+      [{ FEDERATION_ALLOW: "other.example.org:443" }, Code.PermissionDenied, "h.host-not-allowed"],
+    ])("with %j refuses Federate and LoginFederated", async (env, code, identifier) => {
+      const s = await start(await open(), env);
+      const user = await register(s.client, newUser());
+      await expectRpcError(
+        s.client.federate({ serverId: "chat.example.org:2289" }, auth(user.sessionToken)),
+        code,
+        identifier,
+      );
+      const token = { sig: new Uint8Array(64), data: new Uint8Array([8, 1]) } as Token;
+      await expectRpcError(
+        s.client.loginFederated({ authToken: token, serverId: "chat.example.org:2289" }),
+        code,
+        identifier,
+      );
+    });
+
+    it.each([
+      "127.0.0.1:2289",
+      "localhost:2289",
+      "169.254.169.254:80",
+      "10.0.0.1:443",
+      "172.16.5.4:443",
+      "192.168.1.1:443",
+      "[::1]:443",
+      "[fd00::1]:443",
+      "[fe80::1]:443",
+      "[::ffff:127.0.0.1]:443",
+      "http://chat.example.org:80",
+    ])("without FEDERATION_ALLOW_INSECURE refuses %s before connecting", async (target) => {
+      secure ??= await start(await open(), { FEDERATION_ALLOW_INSECURE: "false" });
+      const token = { sig: new Uint8Array(64), data: new Uint8Array([8, 1]) } as Token;
+      const message = await expectRpcError(
+        secure.client.loginFederated({ authToken: token, serverId: target }),
+        Code.PermissionDenied,
+        "h.host-not-allowed",
+      );
+      expect(message).toMatch(/not a public address|plain http/);
+    });
+  });
+});
