@@ -40,6 +40,8 @@ export interface Config {
   readonly readMaxBytes: number;
   /** How long a shutdown waits for calls in flight before it cuts them off. */
   readonly shutdownGraceMs: number;
+  /** How long an hRPC WebSocket may take to send its request. */
+  readonly hrpcStreamRequestTimeoutMs: number;
   readonly federation: FederationConfig;
 }
 
@@ -92,6 +94,7 @@ export const defaults = {
   ARGON2_PARALLELISM: "1",
   READ_MAX_BYTES: "65536",
   SHUTDOWN_GRACE: "10s",
+  HRPC_STREAM_REQUEST_TIMEOUT: "10s",
   FEDERATION: "on",
   FEDERATION_ALLOW: "",
   FEDERATION_DENY: "",
@@ -248,6 +251,7 @@ export function loadConfig(env: Env = process.env): Config {
   };
   const readMaxBytes = int("READ_MAX_BYTES", 1024, 16 * 1024 * 1024);
   const shutdownGraceMs = duration("SHUTDOWN_GRACE", 0);
+  const hrpcStreamRequestTimeoutMs = duration("HRPC_STREAM_REQUEST_TIMEOUT", 100);
 
   const kekText = get("KEY_ENCRYPTION_KEY");
   let keyEncryptionKey: Buffer | undefined;
@@ -292,6 +296,7 @@ export function loadConfig(env: Env = process.env): Config {
     argon2: Object.freeze(argon2),
     readMaxBytes,
     shutdownGraceMs,
+    hrpcStreamRequestTimeoutMs,
     federation: Object.freeze({
       ...federation,
       allow: Object.freeze(federation.allow),

@@ -1,18 +1,14 @@
-import { createClient } from "@connectrpc/connect";
-import { createConnectTransport } from "@connectrpc/connect-node";
 import type { Clock } from "../clock.js";
 import type { FederationConfig } from "../config.js";
 import type { Queryable } from "../db/database.js";
 import { HarmonyError } from "../errors.js";
-import { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
 import { federationErrors } from "./federation-errors.js";
+import { fetchKeyOverHrpc } from "./hrpc-key-client.js";
 import { type CheckedServer, checkServer, resolveServer } from "./server-ids.js";
 import type { RemoteKeyStore } from "./stores.js";
 
 /** A failed verification refetches a homeserver's key at most this often. */
 export const REFETCH_INTERVAL_MS = 60_000;
-/** A Key response is a few dozen bytes; anything much larger is refused. */
-const KEY_RESPONSE_MAX_BYTES = 1024;
 
 export interface RemoteKeys {
   /**
@@ -37,7 +33,7 @@ export type RemoteKeysDeps = {
 };
 
 /**
- * Other homeservers' public keys, fetched with their Key RPC over Connect and
+ * Other homeservers' public keys, fetched with their Key RPC over hRPC and
  * cached in Postgres. Fetches go only to vetted addresses, with a timeout and
  * a size cap, and never follow redirects.
  */
@@ -50,17 +46,9 @@ export function createRemoteKeys({
   const fetchKey = async (target: CheckedServer): Promise<Uint8Array> => {
     const serverId = target.canonical;
     const lookup = await resolveServer(target, config.allowInsecure);
-    const transport = createConnectTransport({
-      baseUrl: target.baseUrl,
-      httpVersion: "1.1",
-      useBinaryFormat: true,
-      readMaxBytes: KEY_RESPONSE_MAX_BYTES,
-      defaultTimeoutMs: config.requestTimeoutMs,
-      nodeOptions: lookup ? { lookup } : {},
-    });
     let key: Uint8Array;
     try {
-      ({ key } = await createClient(AuthService, transport).key({}));
+      key = await fetchKeyOverHrpc(target.baseUrl, { lookup, timeoutMs: config.requestTimeoutMs });
     } catch (err) {
       throw new HarmonyError(federationErrors.homeserverUnavailable, {
         message: `could not fetch the public key of ${serverId}: ${(err as Error).message}`,

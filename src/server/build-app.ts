@@ -4,6 +4,7 @@ import {
   ConnectError,
   type ConnectRouter,
   cors as connectCors,
+  createConnectRouter,
   type Interceptor,
 } from "@connectrpc/connect";
 import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
@@ -19,6 +20,7 @@ import { appliedVersion } from "../db/migrate.js";
 import { hrpcErrors } from "../errors.js";
 import { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
 import { createAuthServiceImpl } from "./auth-service.js";
+import { createHrpcAdapter } from "./hrpc.js";
 import { authInterceptor, errorInterceptor } from "./interceptors.js";
 
 export interface BuiltApp {
@@ -32,16 +34,17 @@ export interface BuiltApp {
 }
 
 /**
- * The Connect services and interceptors, shared by the server and by tests
- * that call them in memory through `createRouterTransport`.
+ * The Connect services and interceptors, shared by the server, its hRPC
+ * adapter and by tests that call them in memory through `createRouterTransport`.
  */
 export function connectRoutes(ctx: AppContext): {
   routes: (router: ConnectRouter) => void;
   interceptors: Interceptor[];
 } {
+  const impl = createAuthServiceImpl(ctx);
   return {
     routes(router) {
-      router.service(AuthService, createAuthServiceImpl(ctx));
+      router.service(AuthService, impl);
     },
     // The error interceptor is outermost, so it also sees the auth interceptor's errors.
     interceptors: [errorInterceptor(ctx.logger), authInterceptor(ctx.sessions)],
@@ -75,7 +78,7 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
     origin: config.corsOrigins.includes("*") ? true : [...config.corsOrigins],
     methods: [...connectCors.allowedMethods],
     allowedHeaders: [...connectCors.allowedHeaders, "Authorization"],
-    exposedHeaders: [...connectCors.exposedHeaders],
+    exposedHeaders: [...connectCors.exposedHeaders, "hrpc-version"],
     maxAge: 7200,
   });
 
@@ -94,22 +97,48 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
     }
   });
 
-  await app.register(fastifyConnectPlugin, {
-    ...connectRoutes(ctx),
+  const { routes, interceptors } = connectRoutes(ctx);
+  const routerOptions = {
+    interceptors,
     readMaxBytes: config.readMaxBytes,
     // No call outlives a flow: StreamSteps ends when its flow expires.
     maxTimeoutMs: config.flowTtlMs + 60_000,
     shutdownSignal: shutdown.signal,
+  };
+
+  // hRPC goes to the same handlers (see hrpc.ts): unary calls by content type,
+  // before Fastify parses a body it does not know; streams by WebSocket upgrade.
+  const router = createConnectRouter(routerOptions);
+  routes(router);
+  const hrpc = createHrpcAdapter({
+    handlers: router.handlers,
+    logger,
+    readMaxBytes: config.readMaxBytes,
+    firstMessageTimeoutMs: config.hrpcStreamRequestTimeoutMs,
   });
+  app.addHook("onRequest", async (req, reply) => {
+    if (!hrpc.claims(req.raw)) return;
+    reply.hijack();
+    // Headers set by earlier hooks (CORS) live on the reply, not the raw response.
+    for (const [name, value] of Object.entries(reply.getHeaders())) {
+      if (value !== undefined) reply.raw.setHeader(name, value);
+    }
+    await hrpc.serveUnary(req.raw, reply.raw);
+    return reply;
+  });
+
+  await app.register(fastifyConnectPlugin, { routes, ...routerOptions });
 
   await app.ready();
   if (!handler || !http1) throw new Error("fastify did not call serverFactory");
+  http1.on("upgrade", (req, socket, head) => hrpc.serveUpgrade(req, socket, head));
   return {
     app,
     handler,
     http1,
     beginShutdown() {
       shutdown.abort(new ConnectError(hrpcErrors.unavailable.message, Code.Unavailable));
+      hrpc.close();
     },
   };
 }

@@ -73,12 +73,26 @@ function withDetail(
  * ConnectErrors get the identifier for their code, and anything else is
  * logged with its cause and answered Internal without internals.
  */
-export function toConnectError(err: unknown, log: Logger, procedure: string): ConnectError {
+export function toConnectError(
+  err: unknown,
+  log: Logger,
+  procedure: string,
+  streaming = false,
+): ConnectError {
   if (err instanceof HarmonyError) {
     return withDetail(err.message, err.code, err.identifier, err.retryAfterSeconds, err);
   }
   if (err instanceof ConnectError) {
     if (harmonyIdentifier(err) !== undefined) return err;
+    // connect-es reports a request message that does not decode as Internal;
+    // it is the client's mistake.
+    if (err.code === Code.Internal && err.rawMessage.startsWith("parse binary")) {
+      return withDetail(
+        `the request message does not decode: ${err.rawMessage}`,
+        Code.InvalidArgument,
+        streaming ? "hrpc.http.bad-streaming-request" : "hrpc.http.bad-unary-request",
+      );
+    }
     if (err.code === Code.Internal || err.code === Code.Unknown) {
       log.error({ err, procedure }, "rpc failed");
       return withDetail(hrpcErrors.internal.message, Code.Internal, hrpcErrors.internal.identifier);
@@ -93,6 +107,7 @@ export function toConnectError(err: unknown, log: Logger, procedure: string): Co
 export function errorInterceptor(log: Logger): Interceptor {
   return (next) => async (req) => {
     const procedure = `${req.service.typeName}/${req.method.name}`;
+    const streaming = req.method.methodKind !== "unary";
     try {
       const res = await next(req);
       if (!res.stream) return res;
@@ -103,12 +118,12 @@ export function errorInterceptor(log: Logger): Interceptor {
           try {
             yield* messages;
           } catch (err) {
-            throw toConnectError(err, log, procedure);
+            throw toConnectError(err, log, procedure, streaming);
           }
         })(),
       };
     } catch (err) {
-      throw toConnectError(err, log, procedure);
+      throw toConnectError(err, log, procedure, streaming);
     }
   };
 }
