@@ -1,7 +1,7 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import type { Duplex } from "node:stream";
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import {
   createAsyncIterable,
@@ -20,7 +20,7 @@ import {
 import type { Logger } from "pino";
 import { type WebSocket, WebSocketServer } from "ws";
 import { identifierForCode } from "../errors.js";
-import { ErrorSchema } from "../gen/hrpc/v1/hrpc_pb.js";
+import { ErrorSchema, RetryInfoSchema } from "../gen/hrpc/v1/hrpc_pb.js";
 import { harmonyIdentifier } from "./interceptors.js";
 
 /**
@@ -100,6 +100,17 @@ function fromConnectError(err: ConnectError, streaming: boolean): HrpcError {
   };
 }
 
+/** The seconds to wait, from a resource-exhausted error's RetryInfo. */
+function retryAfterOf(error: HrpcError): number | undefined {
+  if (error.identifier !== "hrpc.resource-exhausted" || error.details.length === 0)
+    return undefined;
+  try {
+    return fromBinary(RetryInfoSchema, error.details).retryAfter || undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 function encodeError(error: HrpcError): Uint8Array {
   return toBinary(ErrorSchema, create(ErrorSchema, error));
 }
@@ -154,7 +165,13 @@ export function createHrpcAdapter({
 
   const sendError = (res: NodeResponse, error: HrpcError): void => {
     const body = encodeError(error);
-    res.writeHead(hrpcStatus(error.identifier), { ...hrpcHeaders, "content-length": body.length });
+    const headers: Record<string, string | number> = {
+      ...hrpcHeaders,
+      "content-length": body.length,
+    };
+    const retryAfter = retryAfterOf(error);
+    if (retryAfter !== undefined) headers["retry-after"] = retryAfter;
+    res.writeHead(hrpcStatus(error.identifier), headers);
     res.end(body);
   };
 
