@@ -109,7 +109,12 @@ export async function createAppContext(
 
     const hasher = overrides.hasher ?? createArgon2Hasher(config.argon2);
     const flowStore = createFlowStore(db);
-    const sessions = createSessions({ db, clock, config, sessionStore: createSessionStore() });
+    const sessions = await createSessions({
+      db,
+      clock,
+      config,
+      sessionStore: createSessionStore(db),
+    });
     const accounts = await createAccounts({
       db,
       clock,
@@ -178,6 +183,7 @@ export async function createAppContext(
         if (sweeper) clearInterval(sweeper);
         await hub.close();
         await serverKeys.close();
+        await sessions.close();
         if (ownsDb) await db.close();
       },
     };

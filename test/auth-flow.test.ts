@@ -438,6 +438,30 @@ describe.each(backends)("auth flow on $name", (backend) => {
       );
     });
 
+    it("refuses a session deleted in the database at once, though it was cached", async () => {
+      const { sessionToken } = await register(app.client, newUser());
+      const auth = { headers: { authorization: sessionToken } };
+      await app.client.checkLoggedIn({}, auth); // now in the cache of validated sessions
+      await database.db.query(
+        "DELETE FROM sessions WHERE token_hash = sha256(convert_to($1, 'UTF8'))",
+        [sessionToken],
+      );
+      // The deletion is announced through NOTIFY; give it a moment to arrive.
+      for (let i = 0; i < 50; i++) {
+        const refused = await app.client.checkLoggedIn({}, auth).then(
+          () => false,
+          () => true,
+        );
+        if (refused) break;
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      await expectRpcError(
+        app.client.checkLoggedIn({}, auth),
+        Code.Unauthenticated,
+        "h.blank-session",
+      );
+    });
+
     it("accepts the raw token and Bearer <token>", async () => {
       const { sessionToken } = await register(app.client, newUser());
       await app.client.checkLoggedIn({}, { headers: { authorization: sessionToken } });

@@ -12,6 +12,10 @@ const tokenPattern = /^[A-Za-z0-9_-]{43}$/;
 
 /** last_seen_at is written at most this often, so a check is nearly always a read. */
 export const LAST_SEEN_RESOLUTION_MS = 3_600_000;
+/** A validated session is trusted from memory this long before it is read again. */
+export const SESSION_CACHE_TTL_MS = 60_000;
+/** At most this many validated sessions are kept in memory. */
+export const SESSION_CACHE_SIZE = 50_000;
 
 export interface AuthenticatedSession {
   readonly userId: bigint;
@@ -24,6 +28,8 @@ export interface Sessions {
   authenticate(token: string | undefined): Promise<AuthenticatedSession>;
   /** Deletes expired sessions; returns how many. */
   sweep(): Promise<number>;
+  /** Stops listening for deletions. */
+  close(): Promise<void>;
 }
 
 export type SessionsDeps = {
@@ -33,12 +39,37 @@ export type SessionsDeps = {
   readonly sessionStore: SessionStore;
 };
 
+interface CachedSession {
+  readonly userId: bigint;
+  readonly expiresAt: number;
+  lastSeenAt: number;
+  readonly cachedAt: number;
+}
+
 /**
  * Sessions: opaque random tokens, stored only as SHA-256, with an idle expiry
  * (SESSION_IDLE_TTL since last use) and an absolute one (SESSION_MAX_TTL
  * since login).
+ *
+ * A check is on every authenticated call, so validated sessions are kept in
+ * memory for up to a minute. Expiry is still exact (it is computed from the
+ * cached times on every hit), and a deletion reaches every replica's cache at
+ * once: a trigger announces each deleted session through NOTIFY.
  */
-export function createSessions({ db, clock, config, sessionStore }: SessionsDeps): Sessions {
+export async function createSessions({
+  db,
+  clock,
+  config,
+  sessionStore,
+}: SessionsDeps): Promise<Sessions> {
+  const cache = new Map<string, CachedSession>();
+  // Bumped on every announced deletion, so a read that raced one is not cached.
+  let deletions = 0;
+  const unlisten = await sessionStore.listenDeletions((hashes) => {
+    deletions++;
+    if (hashes === "all") cache.clear();
+    else for (const hash of hashes) cache.delete(hash);
+  });
   const blank = (message?: string): HarmonyError =>
     new HarmonyError(authErrors.blankSession, message === undefined ? {} : { message });
 
@@ -57,17 +88,30 @@ export function createSessions({ db, clock, config, sessionStore }: SessionsDeps
       // A token of the wrong shape cannot exist; answer without a lookup.
       if (!tokenPattern.test(token)) throw blank();
       const hash = sha256(token);
-      const session = await sessionStore.find(db, hash);
+      const key = hash.toString("hex");
       const now = clock.now();
-      if (
-        session === undefined ||
-        now >= session.expiresAt ||
-        now >= session.lastSeenAt + config.sessionIdleTtlMs
-      ) {
+      let session = cache.get(key);
+      if (session === undefined || now - session.cachedAt >= SESSION_CACHE_TTL_MS) {
+        cache.delete(key);
+        const seen = deletions;
+        const stored = await sessionStore.find(db, hash);
+        if (stored === undefined) throw blank();
+        session = { ...stored, cachedAt: now };
+        if (seen === deletions) {
+          if (cache.size >= SESSION_CACHE_SIZE) {
+            const oldest = cache.keys().next().value;
+            if (oldest !== undefined) cache.delete(oldest);
+          }
+          cache.set(key, session);
+        }
+      }
+      if (now >= session.expiresAt || now >= session.lastSeenAt + config.sessionIdleTtlMs) {
+        cache.delete(key);
         throw blank();
       }
       if (now - session.lastSeenAt >= LAST_SEEN_RESOLUTION_MS) {
         await sessionStore.touch(db, hash, now);
+        session.lastSeenAt = now;
       }
       return { userId: session.userId };
     },
@@ -76,5 +120,7 @@ export function createSessions({ db, clock, config, sessionStore }: SessionsDeps
       const now = clock.now();
       return sessionStore.deleteExpired(db, now, now - config.sessionIdleTtlMs);
     },
+
+    close: unlisten,
   };
 }

@@ -98,4 +98,12 @@ export interface SessionStore {
   touch(q: Queryable, tokenHash: Buffer, now: number): Promise<void>;
   delete(q: Queryable, tokenHash: Buffer): Promise<void>;
   deleteExpired(q: Queryable, now: number, idleCutoff: number): Promise<number>;
+  /**
+   * Hears of every deletion of sessions, by any process: the token hashes
+   * (hex), or "all" when too many went at once or notifications may have
+   * been lost.
+   */
+  listenDeletions(
+    onDeleted: (hashes: readonly string[] | "all") => void,
+  ): Promise<() => Promise<void>>;
 }

@@ -1,8 +1,11 @@
 import type { SessionStore, StoredSession } from "../auth/stores.js";
-import { maybeOne } from "./database.js";
+import { type Database, maybeOne } from "./database.js";
+
+/** Announced by a trigger (migration 0003) whenever sessions are deleted. */
+export const sessionDeletionChannel = "cadenza_sessions_deleted";
 
 /** Sessions in Postgres, keyed by the SHA-256 of their token. */
-export function createSessionStore(): SessionStore {
+export function createSessionStore(db: Database): SessionStore {
   return {
     async insert(q, tokenHash, userId, now, expiresAt) {
       await q.query(
@@ -42,6 +45,13 @@ export function createSessionStore(): SessionStore {
 
     async delete(q, tokenHash) {
       await q.query("DELETE FROM sessions WHERE token_hash = $1", [tokenHash]);
+    },
+
+    listenDeletions(onDeleted) {
+      return db.listen(sessionDeletionChannel, {
+        message: (payload) => onDeleted(payload === "*" ? "all" : payload.split(",")),
+        reconnected: () => onDeleted("all"),
+      });
     },
 
     async deleteExpired(q, now, idleCutoff) {

@@ -5,7 +5,7 @@ import { HarmonyError } from "../errors.js";
 import { federationErrors } from "./federation-errors.js";
 import { fetchKeyOverHrpc } from "./hrpc-key-client.js";
 import { type CheckedServer, checkServer, resolveServer } from "./server-ids.js";
-import type { RemoteKeyStore } from "./stores.js";
+import type { RemoteKey, RemoteKeyStore } from "./stores.js";
 
 /** A failed verification refetches a homeserver's key at most this often. */
 export const REFETCH_INTERVAL_MS = 60_000;
@@ -60,23 +60,38 @@ export function createRemoteKeys({
         message: `${serverId} answered Key with ${key.length} bytes, not a 32-byte Ed25519 key`,
       });
     }
-    await remoteKeyStore.put(db, serverId, key, clock.now());
+    const now = clock.now();
+    await remoteKeyStore.put(db, serverId, key, now);
+    memory.set(serverId, { publicKey: key, fetchedAt: now });
     return key;
+  };
+
+  // In front of the table, so a login with a cached key does no key query;
+  // the table lets replicas (and restarts) share what was fetched.
+  const memory = new Map<string, RemoteKey>();
+  const cached = async (canonical: string): Promise<RemoteKey | undefined> => {
+    const remembered = memory.get(canonical);
+    if (remembered && clock.now() - remembered.fetchedAt < config.keyTtlMs) return remembered;
+    const stored = await remoteKeyStore.get(db, canonical);
+    if (stored) memory.set(canonical, stored);
+    return stored;
   };
 
   return {
     async get(serverId) {
       const target = checkServer(serverId, config.allowInsecure);
-      const cached = await remoteKeyStore.get(db, target.canonical);
-      if (cached && clock.now() - cached.fetchedAt < config.keyTtlMs) {
-        return { publicKey: cached.publicKey, fresh: false };
+      const key = await cached(target.canonical);
+      if (key && clock.now() - key.fetchedAt < config.keyTtlMs) {
+        return { publicKey: key.publicKey, fresh: false };
       }
       return { publicKey: await fetchKey(target), fresh: true };
     },
     async refresh(serverId) {
       const target = checkServer(serverId, config.allowInsecure);
-      const cached = await remoteKeyStore.get(db, target.canonical);
-      if (cached && clock.now() - cached.fetchedAt < REFETCH_INTERVAL_MS) return undefined;
+      // Ask the table, not memory: another replica may have refetched already.
+      const stored = await remoteKeyStore.get(db, target.canonical);
+      if (stored) memory.set(target.canonical, stored);
+      if (stored && clock.now() - stored.fetchedAt < REFETCH_INTERVAL_MS) return undefined;
       return fetchKey(target);
     },
   };

@@ -1,0 +1,343 @@
+/**
+ * A load-generating process for `npm run bench`: runs one task, given as a
+ * JSON file named by argv[2], against a cadenza on loopback (or raw crypto for the ceilings),
+ * and prints its result as one JSON line. Every loop is bounded in time.
+ */
+import { createPublicKey, verify as nodeVerify } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { performance } from "node:perf_hooks";
+import { type Client, createClient, type Transport } from "@connectrpc/connect";
+import {
+  createConnectTransport,
+  createGrpcTransport,
+  Http2SessionManager,
+} from "@connectrpc/connect-node";
+import { hash, verify } from "@node-rs/argon2";
+import { generateKeyPair, sign, verifyNoble } from "../src/federation/ed25519.js";
+import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
+
+export type Protocol = "connect-h1" | "grpc-h2";
+
+export type Task =
+  | {
+      kind: "unary";
+      url: string;
+      protocol: Protocol;
+      method: "key" | "checkLoggedIn";
+      token?: string;
+      concurrency: number;
+      durationMs: number;
+    }
+  | {
+      kind: "logins";
+      url: string;
+      users: { email: string; password: string }[];
+      concurrency: number;
+      durationMs: number;
+    }
+  | { kind: "registrations"; url: string; concurrency: number; durationMs: number }
+  | {
+      kind: "raw-argon2";
+      op: "verify" | "hash";
+      memoryKib: number;
+      iterations: number;
+      parallelism: number;
+      concurrency: number;
+      durationMs: number;
+    }
+  | { kind: "raw-ed25519"; impl: "noble" | "node"; durationMs: number }
+  | {
+      kind: "streams";
+      url: string;
+      protocol: Protocol;
+      count: number;
+      samples: number;
+      serverPid: number;
+    }
+  | {
+      kind: "federated";
+      url: string;
+      issuer: string;
+      tokens: { sig: string; data: string }[];
+      concurrency: number;
+    };
+
+export interface Result {
+  count: number;
+  seconds: number;
+  perSecond: number;
+  p50Ms: number;
+  p99Ms: number;
+  errors: number;
+  extra?: Record<string, number>;
+}
+
+const managers: Http2SessionManager[] = [];
+function transport(url: string, protocol: Protocol): Transport {
+  if (protocol === "connect-h1") {
+    return createConnectTransport({ baseUrl: url, httpVersion: "1.1", useBinaryFormat: true });
+  }
+  const sessionManager = new Http2SessionManager(url);
+  managers.push(sessionManager);
+  return createGrpcTransport({ baseUrl: url, sessionManager });
+}
+
+function percentile(sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] ?? 0;
+}
+
+/** Runs `op` from `concurrency` loops until `durationMs` passes (or `op` says stop). */
+async function closedLoop(
+  concurrency: number,
+  durationMs: number,
+  op: (worker: number, i: number) => Promise<boolean | undefined>,
+): Promise<Result> {
+  const latencies: number[] = [];
+  let errors = 0;
+  const start = performance.now();
+  const deadline = start + durationMs;
+  let firstError: unknown;
+  await Promise.all(
+    Array.from({ length: concurrency }, async (_, worker) => {
+      for (let i = 0; performance.now() < deadline; i++) {
+        const t = performance.now();
+        try {
+          if ((await op(worker, i)) === false) return;
+          latencies.push(performance.now() - t);
+        } catch (err) {
+          errors++;
+          firstError ??= err;
+          if (errors > 1000) throw err;
+        }
+      }
+    }),
+  );
+  const seconds = (performance.now() - start) / 1000;
+  if (firstError && latencies.length === 0) throw firstError;
+  const sorted = Float64Array.from(latencies).sort();
+  return {
+    count: latencies.length,
+    seconds,
+    perSecond: latencies.length / seconds,
+    p50Ms: percentile(sorted, 50),
+    p99Ms: percentile(sorted, 99),
+    errors,
+  };
+}
+
+const utf8 = new TextEncoder();
+
+async function login(client: Client<typeof AuthService>, email: string, password: string) {
+  const { authId } = await client.beginAuth({});
+  await client.nextStep({ authId, step: { case: "choice", value: { choice: "login" } } });
+  const res = await client.nextStep({
+    authId,
+    step: {
+      case: "form",
+      value: {
+        fields: [
+          { field: { case: "string", value: email } },
+          { field: { case: "bytes", value: utf8.encode(password) } },
+        ],
+      },
+    },
+  });
+  if (res.step?.step.case !== "session") throw new Error("login did not end in a session");
+}
+
+async function run(task: Task): Promise<Result> {
+  switch (task.kind) {
+    case "unary": {
+      const client = createClient(AuthService, transport(task.url, task.protocol));
+      const headers = { authorization: task.token ?? "" };
+      return closedLoop(task.concurrency, task.durationMs, async () => {
+        if (task.method === "key") await client.key({});
+        else await client.checkLoggedIn({}, { headers });
+        return true;
+      });
+    }
+    case "logins": {
+      const client = createClient(AuthService, transport(task.url, "connect-h1"));
+      return closedLoop(task.concurrency, task.durationMs, async (worker, i) => {
+        const user = task.users[(worker + i * task.concurrency) % task.users.length];
+        if (!user) return false;
+        await login(client, user.email, user.password);
+        return true;
+      });
+    }
+    case "registrations": {
+      const client = createClient(AuthService, transport(task.url, "connect-h1"));
+      const tag = `${process.pid}-${Date.now().toString(36)}`;
+      return closedLoop(task.concurrency, task.durationMs, async (worker, i) => {
+        const { authId } = await client.beginAuth({});
+        await client.nextStep({ authId, step: { case: "choice", value: { choice: "register" } } });
+        const name = `b${tag}-${worker}-${i}`;
+        const res = await client.nextStep({
+          authId,
+          step: {
+            case: "form",
+            value: {
+              fields: [
+                { field: { case: "string", value: `${name}@bench.example.org` } },
+                { field: { case: "string", value: name.slice(0, 32) } },
+                { field: { case: "bytes", value: utf8.encode(`bench password ${name}`) } },
+              ],
+            },
+          },
+        });
+        if (res.step?.step.case !== "session")
+          throw new Error("registration did not end in a session");
+        return true;
+      });
+    }
+    case "raw-argon2": {
+      const options = {
+        algorithm: 2 as never,
+        memoryCost: task.memoryKib,
+        timeCost: task.iterations,
+        parallelism: task.parallelism,
+        outputLen: 32,
+      };
+      const phc = await hash("bench password", options);
+      return closedLoop(task.concurrency, task.durationMs, async () => {
+        if (task.op === "verify") await verify(phc, "bench password");
+        else await hash("bench password", options);
+        return true;
+      });
+    }
+    case "raw-ed25519": {
+      const { secretKey, publicKey } = generateKeyPair();
+      const message = utf8.encode("x".repeat(60));
+      const sig = sign(message, secretKey);
+      const spki = Buffer.concat([Buffer.from("302a300506032b6570032100", "hex"), publicKey]);
+      const key = createPublicKey({ key: spki, format: "der", type: "spki" });
+      return closedLoop(1, task.durationMs, async () => {
+        // Batches of 50 synchronous verifies per turn of the loop.
+        for (let j = 0; j < 50; j++) {
+          const ok =
+            task.impl === "noble"
+              ? verifyNoble(sig, message, publicKey)
+              : nodeVerify(null, message, key, sig);
+          if (!ok) throw new Error("verify failed");
+        }
+        return true;
+      }).then((r) => ({ ...r, count: r.count * 50, perSecond: r.perSecond * 50 }));
+    }
+    case "federated": {
+      const client = createClient(AuthService, transport(task.url, "connect-h1"));
+      let next = 0;
+      return closedLoop(task.concurrency, 120_000, async () => {
+        const token = task.tokens[next++];
+        if (!token) return false;
+        await client.loginFederated({
+          serverId: task.issuer,
+          authToken: {
+            sig: Buffer.from(token.sig, "base64"),
+            data: Buffer.from(token.data, "base64"),
+          },
+        });
+        return true;
+      });
+    }
+    case "streams":
+      return streams(task);
+  }
+}
+
+/** Opens `count` StreamSteps calls, then measures NextStep-to-stream delay on `samples` of them. */
+async function streams(task: Extract<Task, { kind: "streams" }>): Promise<Result> {
+  const client = createClient(AuthService, transport(task.url, task.protocol));
+  const control = createClient(AuthService, transport(task.url, "connect-h1"));
+  const abort = new AbortController();
+  const arrivals = new Map<string, (at: number) => void>();
+  const ids: string[] = [];
+  let opened = 0;
+  let errors = 0;
+  const start = performance.now();
+  const running: Promise<void>[] = [];
+  for (let batch = 0; batch < task.count; batch += 100) {
+    const size = Math.min(100, task.count - batch);
+    const begun = await Promise.all(Array.from({ length: size }, () => control.beginAuth({})));
+    for (const { authId } of begun) {
+      ids.push(authId);
+      const attached = new Promise<void>((resolve) => {
+        running.push(
+          (async () => {
+            try {
+              const stream = client.streamSteps({ authId }, { signal: abort.signal });
+              // The first step is what NextStep with no step produces; it
+              // arrives only once sampled, so the stream is attached when the
+              // server's response headers arrive.
+              const it = stream[Symbol.asyncIterator]();
+              const first = it.next();
+              opened++;
+              resolve();
+              const got = await first;
+              if (!got.done) arrivals.get(authId)?.(performance.now());
+            } catch (err) {
+              if (!abort.signal.aborted) errors++;
+              resolve();
+            }
+          })(),
+        );
+      });
+      await attached;
+    }
+  }
+  const openSeconds = (performance.now() - start) / 1000;
+  // Let every stream attach on the server before measuring.
+  await new Promise((r) => setTimeout(r, Math.max(1000, task.count / 5)));
+  const rssKb = serverRssKb(task.serverPid);
+
+  const latencies: number[] = [];
+  const step = Math.max(1, Math.floor(ids.length / task.samples));
+  for (let i = 0; i < ids.length && latencies.length < task.samples; i += step) {
+    const authId = ids[i] as string;
+    const arrived = new Promise<number>((resolve) => arrivals.set(authId, resolve));
+    const sent = performance.now();
+    await control.nextStep({ authId });
+    const at = await Promise.race([
+      arrived,
+      new Promise<number>((r) => setTimeout(() => r(-1), 5000)),
+    ]);
+    if (at < 0) errors++;
+    else latencies.push(at - sent);
+  }
+  abort.abort();
+  await Promise.allSettled(running);
+  const sorted = Float64Array.from(latencies).sort();
+  return {
+    count: opened,
+    seconds: openSeconds,
+    perSecond: opened / openSeconds,
+    p50Ms: percentile(sorted, 50),
+    p99Ms: percentile(sorted, 99),
+    errors,
+    extra: { rssMb: rssKb / 1024, samples: latencies.length },
+  };
+}
+
+function serverRssKb(pid: number): number {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  } catch {
+    return 0;
+  }
+}
+
+const task = JSON.parse(readFileSync(process.argv[2] ?? "", "utf8")) as Task;
+run(task).then(
+  (result) => {
+    for (const m of managers) m.abort();
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+    process.exit(0);
+  },
+  (err: unknown) => {
+    process.stderr.write(
+      `load task ${task.kind} failed: ${err instanceof Error ? err.stack : err}\n`,
+    );
+    process.exit(1);
+  },
+);

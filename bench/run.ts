@@ -1,0 +1,485 @@
+/**
+ * `npm run bench [-- --smoke]`: starts real cadenza processes (the built
+ * `dist/main.js`) on Postgres and on PGlite, drives them from separate load
+ * processes over loopback, and prints every row of BENCHMARKS.md as a ratio to
+ * a ceiling measured in the same run. `--smoke` runs each row briefly at small
+ * sizes, to prove the harness works (CI).
+ */
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { cpus, tmpdir, totalmem } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import pg from "pg";
+import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
+import type { Protocol, Result, Task } from "./load.js";
+
+const root = fileURLToPath(new URL("../", import.meta.url));
+const smoke = process.argv.includes("--smoke");
+const size = smoke
+  ? { durationMs: 300, bigTable: 2_000, streams: 50, samples: 10, tokens: 30, users: 2 }
+  : {
+      durationMs: 10_000,
+      bigTable: 1_000_000,
+      streams: 10_000,
+      samples: 300,
+      tokens: 2000,
+      users: 32,
+    };
+const adminUrl =
+  process.env.BENCH_DATABASE_URL?.trim() || "postgres://postgres@127.0.0.1:5432/postgres";
+const argon2 = { memoryKib: 19456, iterations: 2, parallelism: 1 };
+
+type Backend = "postgres" | "pglite";
+
+interface Server {
+  url: string;
+  id: string;
+  pid: number;
+  child: ChildProcess;
+  stop(): Promise<void>;
+}
+
+/** Starts `node dist/main.js`; resolves when /readyz answers 200, with the time that took. */
+async function startServer(env: Record<string, string>): Promise<Server & { readyMs: number }> {
+  const started = performance.now();
+  const child = spawn(process.execPath, ["dist/main.js"], {
+    cwd: root,
+    env: { ...process.env, HOST: "127.0.0.1", LOG_LEVEL: "info", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stderr = "";
+  child.stderr?.on("data", (d: Buffer) => {
+    stderr += d.toString();
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`server did not start: ${stderr}`)), 60_000);
+    child.once("exit", (code) => reject(new Error(`server exited with ${code}: ${stderr}`)));
+    createInterface({ input: child.stdout as NodeJS.ReadableStream }).on("line", (line) => {
+      try {
+        const entry = JSON.parse(line) as { url?: string; msg?: string };
+        if (entry.url && entry.msg?.startsWith("cadenza listening")) {
+          clearTimeout(timer);
+          resolve(entry.url);
+        }
+      } catch {
+        // not a log line
+      }
+    });
+  });
+  for (;;) {
+    const res = await fetch(`${url}/readyz`).catch(() => undefined);
+    if (res?.status === 200) break;
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  const readyMs = performance.now() - started;
+  return {
+    url,
+    id: env.SERVER_ID ?? "",
+    pid: child.pid ?? 0,
+    child,
+    readyMs,
+    async stop() {
+      if (child.exitCode !== null) return;
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      await exited;
+    },
+  };
+}
+
+/** Runs one task in its own process (bench/load.ts). */
+function load(task: Task): Promise<Result> {
+  // Through a file: a task can carry thousands of tokens, more than argv holds.
+  const file = join(mkdtempSync(join(tmpdir(), "cadenza-task-")), "task.json");
+  writeFileSync(file, JSON.stringify(task));
+  return new Promise((resolve, reject) => {
+    execFile(
+      process.execPath,
+      ["--import", "tsx", "bench/load.ts", file],
+      { cwd: root, maxBuffer: 64 * 1024 * 1024, env: { ...process.env, UV_THREADPOOL_SIZE: "4" } },
+      (err, stdout, stderr) => {
+        if (err) reject(new Error(`${task.kind}: ${stderr || err.message}`));
+        else resolve(JSON.parse(stdout.trim().split("\n").at(-1) ?? "{}") as Result);
+      },
+    );
+  });
+}
+
+async function freePort(): Promise<number> {
+  const { createServer } = await import("node:net");
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, "127.0.0.1", r));
+  const { port } = s.address() as { port: number };
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/** A fresh database for one server: a Postgres database, or a PGlite data directory. */
+async function freshDatabase(
+  backend: Backend,
+): Promise<{ env: Record<string, string>; url?: string; drop(): Promise<void> }> {
+  if (backend === "pglite") {
+    const dir = mkdtempSync(join(tmpdir(), "cadenza-bench-"));
+    return {
+      env: { DATA_DIR: dir },
+      drop: async () => rmSync(dir, { recursive: true, force: true }),
+    };
+  }
+  const name = `cadenza_bench_${randomBytes(4).toString("hex")}`;
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  await admin.query(`CREATE DATABASE ${name}`);
+  await admin.end();
+  const url = new URL(adminUrl);
+  url.pathname = `/${name}`;
+  return {
+    env: { DATABASE_URL: url.toString(), DATABASE_POOL_SIZE: "16" },
+    url: url.toString(),
+    async drop() {
+      const c = new pg.Client({ connectionString: adminUrl });
+      await c.connect();
+      await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+      await c.end();
+    },
+  };
+}
+
+function client(url: string) {
+  return createClient(AuthService, createConnectTransport({ baseUrl: url, httpVersion: "1.1" }));
+}
+
+async function registerUser(url: string, n: number) {
+  const c = client(url);
+  const tag = `${n}-${randomBytes(3).toString("hex")}`;
+  const email = `bench-${tag}@bench.example.org`;
+  const password = `bench password ${tag}`;
+  const { authId } = await c.beginAuth({});
+  await c.nextStep({ authId, step: { case: "choice", value: { choice: "register" } } });
+  const res = await c.nextStep({
+    authId,
+    step: {
+      case: "form",
+      value: {
+        fields: [
+          { field: { case: "string", value: email } },
+          { field: { case: "string", value: `bench-${tag}` } },
+          { field: { case: "bytes", value: new TextEncoder().encode(password) } },
+        ],
+      },
+    },
+  });
+  if (res.step?.step.case !== "session") throw new Error("registration failed");
+  return {
+    email,
+    password,
+    token: res.step.step.value.sessionToken,
+    userId: res.step.step.value.userId,
+  };
+}
+
+interface Row {
+  row: string;
+  backend: Backend;
+  what: string;
+  measured: string;
+  ceiling: string;
+  ratio: number | undefined;
+  goal: string;
+  ok: boolean;
+}
+const rows: Row[] = [];
+const fmt = (r: Result) =>
+  `${r.perSecond.toFixed(0)}/s, p50 ${r.p50Ms.toFixed(2)} ms, p99 ${r.p99Ms.toFixed(2)} ms`;
+function record(row: Omit<Row, "ok">, ok: boolean) {
+  rows.push({ ...row, ok });
+  process.stderr.write(
+    `  ${row.row} ${row.backend} ${row.what}: ${row.measured} | ${row.ceiling} | ${row.ratio?.toFixed(2) ?? "-"} ${ok ? "ok" : "MISSED"}\n`,
+  );
+}
+
+async function benchBackend(backend: Backend): Promise<void> {
+  process.stderr.write(`\n${backend}\n`);
+  const dbB = await freshDatabase(backend);
+  const dbA = await freshDatabase(backend);
+  const portB = await freePort();
+  const envB = {
+    ...dbB.env,
+    PORT: String(portB),
+    SERVER_ID: `127.0.0.1:${portB}`,
+    FEDERATION_ALLOW_INSECURE: "true",
+  };
+  let b = await startServer(envB);
+  const servers: Server[] = [b];
+  try {
+    const user = await registerUser(b.url, 0);
+
+    // Row 1: CheckLoggedIn against Key, on the same stack.
+    for (const protocol of ["connect-h1", "grpc-h2"] as Protocol[]) {
+      const common = {
+        kind: "unary",
+        url: b.url,
+        protocol,
+        concurrency: 64,
+        durationMs: size.durationMs,
+      } as const;
+      const key = await load({ ...common, method: "key" });
+      const check = await load({ ...common, method: "checkLoggedIn", token: user.token });
+      const ratio = check.perSecond / key.perSecond;
+      record(
+        {
+          row: "1",
+          backend,
+          what: `CheckLoggedIn, ${protocol}, 64 clients`,
+          measured: fmt(check),
+          ceiling: `Key: ${fmt(key)}`,
+          ratio,
+          goal: "≥ 0.9",
+        },
+        ratio >= 0.9,
+      );
+    }
+
+    // Row 2: the session check as the sessions table grows (Postgres: rows seeded in SQL).
+    if (backend === "postgres" && dbB.url) {
+      const db = new pg.Client({ connectionString: dbB.url });
+      await db.connect();
+      const seed = async (total: number) => {
+        const counted = await db.query<{ n: number }>("SELECT count(*)::int AS n FROM sessions");
+        const n = Number(counted.rows[0]?.n ?? 0);
+        if (total > n) {
+          await db.query(
+            `INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at)
+             SELECT sha256(convert_to('seed-' || i, 'UTF8')), $1, now(), now(), now() + interval '1 day'
+               FROM generate_series($2::int, $3::int) AS i`,
+            [user.userId, n, total - 1],
+          );
+          await db.query("ANALYZE sessions");
+        }
+      };
+      const common = {
+        kind: "unary",
+        url: b.url,
+        protocol: "connect-h1",
+        concurrency: 64,
+        durationMs: size.durationMs,
+        method: "checkLoggedIn",
+        token: user.token,
+      } as const;
+      await seed(1000);
+      const small = await load(common);
+      await seed(size.bigTable);
+      const big = await load(common);
+      await db.end();
+      const ratio = big.perSecond / small.perSecond;
+      record(
+        {
+          row: "2",
+          backend,
+          what: `CheckLoggedIn with ${size.bigTable.toLocaleString("en")} sessions`,
+          measured: fmt(big),
+          ceiling: `1,000 sessions: ${fmt(small)}`,
+          ratio,
+          goal: "≥ 0.9",
+        },
+        ratio >= 0.9,
+      );
+    }
+
+    // Rows 3 and 4: password logins and registrations against raw argon2id.
+    const users = [];
+    for (let i = 1; i <= size.users; i++) {
+      const { email, password } = await registerUser(b.url, i);
+      users.push({ email, password });
+    }
+    const rawVerify = await load({
+      kind: "raw-argon2",
+      op: "verify",
+      ...argon2,
+      concurrency: 8,
+      durationMs: size.durationMs,
+    });
+    const logins = await load({
+      kind: "logins",
+      url: b.url,
+      users,
+      concurrency: 8,
+      durationMs: size.durationMs,
+    });
+    const loginRatio = logins.perSecond / rawVerify.perSecond;
+    record(
+      {
+        row: "3",
+        backend,
+        what: "password logins (BeginAuth, choice, form), 8 clients",
+        measured: fmt(logins),
+        ceiling: `raw argon2id verify: ${rawVerify.perSecond.toFixed(1)}/s`,
+        ratio: loginRatio,
+        goal: "≥ 0.85",
+      },
+      loginRatio >= 0.85,
+    );
+    const rawHash = await load({
+      kind: "raw-argon2",
+      op: "hash",
+      ...argon2,
+      concurrency: 8,
+      durationMs: size.durationMs,
+    });
+    const regs = await load({
+      kind: "registrations",
+      url: b.url,
+      concurrency: 8,
+      durationMs: size.durationMs,
+    });
+    const regRatio = regs.perSecond / rawHash.perSecond;
+    record(
+      {
+        row: "4",
+        backend,
+        what: "registrations, 8 clients",
+        measured: fmt(regs),
+        ceiling: `raw argon2id hash: ${rawHash.perSecond.toFixed(1)}/s`,
+        ratio: regRatio,
+        goal: "≥ 0.85",
+      },
+      regRatio >= 0.85,
+    );
+
+    // Row 5: many concurrent StreamSteps: server memory and step delivery delay.
+    for (const protocol of ["connect-h1", "grpc-h2"] as Protocol[]) {
+      const r = await load({
+        kind: "streams",
+        url: b.url,
+        protocol,
+        count: size.streams,
+        samples: size.samples,
+        serverPid: b.pid,
+      });
+      const rss = r.extra?.rssMb ?? 0;
+      record(
+        {
+          row: "5",
+          backend,
+          what: `${r.count.toLocaleString("en")} StreamSteps, ${protocol}`,
+          measured: `RSS ${rss.toFixed(0)} MB; NextStep→stream p50 ${r.p50Ms.toFixed(1)} ms, p99 ${r.p99Ms.toFixed(1)} ms (${r.extra?.samples ?? 0} samples, ${r.errors} errors)`,
+          ceiling: "—",
+          ratio: undefined,
+          goal: "≤ 300 MB, ≤ 50 ms",
+        },
+        rss <= 300 && r.p99Ms <= 50 && r.errors === 0 && r.count === size.streams,
+      );
+    }
+
+    // Row 6: LoginFederated with the homeserver's key cached, against raw Ed25519 verifies.
+    const portA = await freePort();
+    const a = await startServer({
+      ...dbA.env,
+      PORT: String(portA),
+      SERVER_ID: `127.0.0.1:${portA}`,
+      FEDERATION_ALLOW_INSECURE: "true",
+    });
+    servers.push(a);
+    const alice = await registerUser(a.url, 999);
+    const onA = client(a.url);
+    const tokens: { sig: string; data: string }[] = [];
+    for (let i = 0; i < size.tokens; i += 50) {
+      const batch = await Promise.all(
+        Array.from({ length: Math.min(50, size.tokens - i) }, () =>
+          onA.federate({ serverId: envB.SERVER_ID }, { headers: { authorization: alice.token } }),
+        ),
+      );
+      for (const { token } of batch) {
+        tokens.push({
+          sig: Buffer.from(token?.sig ?? []).toString("base64"),
+          data: Buffer.from(token?.data ?? []).toString("base64"),
+        });
+      }
+    }
+    // One login first, so B has A's key cached.
+    const warm = tokens.pop();
+    if (warm)
+      await client(b.url).loginFederated({
+        serverId: a.id,
+        authToken: { sig: Buffer.from(warm.sig, "base64"), data: Buffer.from(warm.data, "base64") },
+      });
+    const noble = await load({
+      kind: "raw-ed25519",
+      impl: "noble",
+      durationMs: size.durationMs / 2,
+    });
+    const node = await load({ kind: "raw-ed25519", impl: "node", durationMs: size.durationMs / 2 });
+    const fed = await load({
+      kind: "federated",
+      url: b.url,
+      issuer: a.id,
+      tokens,
+      concurrency: 16,
+    });
+    const fedRatio = fed.perSecond / noble.perSecond;
+    record(
+      {
+        row: "6",
+        backend,
+        what: "LoginFederated, key cached, 16 clients",
+        measured: `${fmt(fed)} (${fed.errors} errors)`,
+        ceiling: `raw verify: @noble/ed25519 ${noble.perSecond.toFixed(0)}/s, node:crypto ${node.perSecond.toFixed(0)}/s`,
+        ratio: fedRatio,
+        goal: "≥ 0.8",
+      },
+      fedRatio >= 0.8,
+    );
+
+    // Row 7: start-up to /readyz on the existing database.
+    await b.stop();
+    const times: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      b = await startServer(envB);
+      servers.push(b);
+      times.push(b.readyMs);
+      await b.stop();
+    }
+    times.sort((x, y) => x - y);
+    const median = times[1] ?? 0;
+    record(
+      {
+        row: "7",
+        backend,
+        what: "start-up to /readyz, existing database",
+        measured: `median ${median.toFixed(0)} ms of 3 (${times.map((t) => t.toFixed(0)).join(", ")})`,
+        ceiling: "—",
+        ratio: undefined,
+        goal: "< 1 s",
+      },
+      median < 1000,
+    );
+  } finally {
+    for (const s of servers) await s.stop();
+    await dbA.drop();
+    await dbB.drop();
+  }
+}
+
+// The smoke run proves the harness on the database CI certainly has.
+const backendsToRun: Backend[] = smoke ? ["postgres"] : ["postgres", "pglite"];
+for (const backend of backendsToRun) await benchBackend(backend);
+
+const cpu = cpus()[0]?.model ?? "unknown CPU";
+process.stdout.write(
+  [
+    `cadenza bench${smoke ? " (smoke: tiny sizes, numbers mean nothing)" : ""}: ${new Date().toISOString()}`,
+    `machine: ${cpus().length} × ${cpu}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB; Node ${process.version}; argon2id m=${argon2.memoryKib} t=${argon2.iterations} p=${argon2.parallelism}`,
+    "",
+    "| row | database | what | measured | ceiling (same run) | ratio | goal | met |",
+    "|---|---|---|---|---|---|---|---|",
+    ...rows.map(
+      (r) =>
+        `| ${r.row} | ${r.backend} | ${r.what} | ${r.measured} | ${r.ceiling} | ${r.ratio === undefined ? "—" : r.ratio.toFixed(2)} | ${r.goal} | ${r.ok ? "yes" : "**no**"} |`,
+    ),
+    "",
+  ].join("\n"),
+);
