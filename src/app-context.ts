@@ -17,8 +17,6 @@ import {
 } from "./db/federation-stores.js";
 import { createFlowStore } from "./db/flow-store.js";
 import { loadMigrations, migrate } from "./db/migrate.js";
-import { createPgliteDatabase } from "./db/pglite.js";
-import { createPostgresDatabase } from "./db/postgres.js";
 import { createSessionStore } from "./db/session-store.js";
 import { createUserStore } from "./db/user-store.js";
 import { createFederation, type Federation } from "./federation/federation.js";
@@ -79,7 +77,9 @@ export async function openDatabase(
   config: Pick<Config, "databaseUrl" | "databasePoolSize" | "dataDir">,
   logger: Logger,
 ): Promise<Database> {
+  // Only the driver in use is loaded: start-up time is measured (BENCHMARKS.md, row 7).
   if (config.databaseUrl !== undefined) {
+    const { createPostgresDatabase } = await import("./db/postgres.js");
     return createPostgresDatabase({
       connectionString: config.databaseUrl,
       poolSize: config.databasePoolSize,
@@ -87,6 +87,7 @@ export async function openDatabase(
       onError: (err, what) => logger.error({ err }, `${what} failed`),
     });
   }
+  const { createPgliteDatabase } = await import("./db/pglite.js");
   return createPgliteDatabase(config.dataDir);
 }
 

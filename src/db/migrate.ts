@@ -35,8 +35,14 @@ export async function loadMigrations(dir = migrationsDir): Promise<Migration[]> 
  */
 export async function migrate(db: Database, migrations?: readonly Migration[]): Promise<string[]> {
   const all = migrations ?? (await loadMigrations());
+  // The common case, every migration already applied, needs no lock and no transaction.
+  const done = await db
+    .query<{ version: number }>("SELECT version FROM schema_migrations")
+    .then((r) => new Set(r.rows.map((row) => row.version)))
+    .catch(() => new Set<number>());
   const applied: string[] = [];
   for (const migration of all) {
+    if (done.has(migration.version)) continue;
     const ran = await db.transaction(async (tx) => {
       await tx.query("SELECT pg_advisory_xact_lock($1)", [MIGRATION_LOCK_KEY]);
       await tx.exec(
