@@ -15,6 +15,7 @@ import {
 import { hash, verify } from "@node-rs/argon2";
 import { generateKeyPair, sign, verifyNoble } from "../src/federation/ed25519.js";
 import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
+import { choice, loginForm, registerForm } from "./forms.js";
 
 export type Protocol = "connect-h1" | "grpc-h2";
 
@@ -130,19 +131,8 @@ const utf8 = new TextEncoder();
 
 async function login(client: Client<typeof AuthService>, email: string, password: string) {
   const { authId } = await client.beginAuth({});
-  await client.nextStep({ authId, step: { case: "choice", value: { choice: "login" } } });
-  const res = await client.nextStep({
-    authId,
-    step: {
-      case: "form",
-      value: {
-        fields: [
-          { field: { case: "string", value: email } },
-          { field: { case: "bytes", value: utf8.encode(password) } },
-        ],
-      },
-    },
-  });
+  await client.nextStep({ authId, step: choice("login") });
+  const res = await client.nextStep({ authId, step: loginForm(email, password) });
   if (res.step?.step.case !== "session") throw new Error("login did not end in a session");
 }
 
@@ -171,20 +161,15 @@ async function run(task: Task): Promise<Result> {
       const tag = `${process.pid}-${Date.now().toString(36)}`;
       return closedLoop(task.concurrency, task.durationMs, async (worker, i) => {
         const { authId } = await client.beginAuth({});
-        await client.nextStep({ authId, step: { case: "choice", value: { choice: "register" } } });
+        await client.nextStep({ authId, step: choice("register") });
         const name = `b${tag}-${worker}-${i}`;
         const res = await client.nextStep({
           authId,
-          step: {
-            case: "form",
-            value: {
-              fields: [
-                { field: { case: "string", value: `${name}@bench.example.org` } },
-                { field: { case: "string", value: name.slice(0, 32) } },
-                { field: { case: "bytes", value: utf8.encode(`bench password ${name}`) } },
-              ],
-            },
-          },
+          step: registerForm(
+            `${name}@bench.example.org`,
+            name.slice(0, 32),
+            `bench password ${name}`,
+          ),
         });
         if (res.step?.step.case !== "session")
           throw new Error("registration did not end in a session");
@@ -275,7 +260,7 @@ async function streams(task: Extract<Task, { kind: "streams" }>): Promise<Result
               resolve();
               const got = await first;
               if (!got.done) arrivals.get(authId)?.(performance.now());
-            } catch (err) {
+            } catch {
               if (!abort.signal.aborted) errors++;
               resolve();
             }

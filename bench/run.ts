@@ -16,6 +16,7 @@ import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import pg from "pg";
 import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
+import { choice, registerForm } from "./forms.js";
 import type { Protocol, Result, Task } from "./load.js";
 
 const root = fileURLToPath(new URL("../", import.meta.url));
@@ -159,20 +160,8 @@ async function registerUser(url: string, n: number) {
   const email = `bench-${tag}@bench.example.org`;
   const password = `bench password ${tag}`;
   const { authId } = await c.beginAuth({});
-  await c.nextStep({ authId, step: { case: "choice", value: { choice: "register" } } });
-  const res = await c.nextStep({
-    authId,
-    step: {
-      case: "form",
-      value: {
-        fields: [
-          { field: { case: "string", value: email } },
-          { field: { case: "string", value: `bench-${tag}` } },
-          { field: { case: "bytes", value: new TextEncoder().encode(password) } },
-        ],
-      },
-    },
-  });
+  await c.nextStep({ authId, step: choice("register") });
+  const res = await c.nextStep({ authId, step: registerForm(email, `bench-${tag}`, password) });
   if (res.step?.step.case !== "session") throw new Error("registration failed");
   return {
     email,
@@ -193,6 +182,11 @@ interface Row {
   ok: boolean;
 }
 const rows: Row[] = [];
+/** The result with the median throughput. */
+function median(results: Result[]): Result {
+  const sorted = [...results].sort((x, y) => x.perSecond - y.perSecond);
+  return sorted[Math.floor(sorted.length / 2)] as Result;
+}
 const fmt = (r: Result) =>
   `${r.perSecond.toFixed(0)}/s, p50 ${r.p50Ms.toFixed(2)} ms, p99 ${r.p99Ms.toFixed(2)} ms`;
 function record(row: Omit<Row, "ok">, ok: boolean) {
@@ -218,23 +212,30 @@ async function benchBackend(backend: Backend): Promise<void> {
   try {
     const user = await registerUser(b.url, 0);
 
-    // Row 1: CheckLoggedIn against Key, on the same stack.
+    // Row 1: CheckLoggedIn against Key, on the same stack. Three alternating
+    // rounds each, medians compared: the machine is shared and noisy.
     for (const protocol of ["connect-h1", "grpc-h2"] as Protocol[]) {
       const common = {
         kind: "unary",
         url: b.url,
         protocol,
         concurrency: 64,
-        durationMs: size.durationMs,
+        durationMs: Math.ceil(size.durationMs / 2),
       } as const;
-      const key = await load({ ...common, method: "key" });
-      const check = await load({ ...common, method: "checkLoggedIn", token: user.token });
+      const keys: Result[] = [];
+      const checks: Result[] = [];
+      for (let round = 0; round < 3; round++) {
+        keys.push(await load({ ...common, method: "key" }));
+        checks.push(await load({ ...common, method: "checkLoggedIn", token: user.token }));
+      }
+      const key = median(keys);
+      const check = median(checks);
       const ratio = check.perSecond / key.perSecond;
       record(
         {
           row: "1",
           backend,
-          what: `CheckLoggedIn, ${protocol}, 64 clients`,
+          what: `CheckLoggedIn, ${protocol}, 64 clients (median of 3)`,
           measured: fmt(check),
           ceiling: `Key: ${fmt(key)}`,
           ratio,
@@ -351,7 +352,11 @@ async function benchBackend(backend: Backend): Promise<void> {
     );
 
     // Row 5: many concurrent StreamSteps: server memory and step delivery delay.
+    // Each on a fresh server process, so one run's garbage is not counted in the next.
     for (const protocol of ["connect-h1", "grpc-h2"] as Protocol[]) {
+      await b.stop();
+      b = await startServer(envB);
+      servers.push(b);
       const r = await load({
         kind: "streams",
         url: b.url,
@@ -444,18 +449,18 @@ async function benchBackend(backend: Backend): Promise<void> {
       await b.stop();
     }
     times.sort((x, y) => x - y);
-    const median = times[1] ?? 0;
+    const middle = times[1] ?? 0;
     record(
       {
         row: "7",
         backend,
         what: "start-up to /readyz, existing database",
-        measured: `median ${median.toFixed(0)} ms of 3 (${times.map((t) => t.toFixed(0)).join(", ")})`,
+        measured: `median ${middle.toFixed(0)} ms of 3 (${times.map((t) => t.toFixed(0)).join(", ")})`,
         ceiling: "—",
         ratio: undefined,
         goal: "< 1 s",
       },
-      median < 1000,
+      middle < 1000,
     );
   } finally {
     for (const s of servers) await s.stop();

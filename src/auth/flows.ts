@@ -1,6 +1,6 @@
 import type { Clock } from "../clock.js";
 import type { Config } from "../config.js";
-import type { Database } from "../db/database.js";
+import type { Database, Queryable } from "../db/database.js";
 import { HarmonyError, hrpcErrors } from "../errors.js";
 import type { Accounts } from "./accounts.js";
 import { authErrors } from "./auth-errors.js";
@@ -73,7 +73,7 @@ export function createFlows(deps: FlowsDeps): Flows {
   };
 
   const append = async (
-    q: Parameters<FlowStore["appendStep"]>[0],
+    q: Queryable,
     keys: FlowKeys,
     flow: StoredFlow,
     state: FlowState,
@@ -99,20 +99,19 @@ export function createFlows(deps: FlowsDeps): Flows {
   ): Promise<StepView> => {
     // The slow part (argon2id) runs outside any transaction; the writes then
     // happen in one, which also checks that the flow did not move meanwhile.
+    let writeAccount: (tx: Queryable) => Promise<bigint>;
     if (submission.kind === "login") {
       const login = await accounts.verifyLogin(submission.email, submission.password);
-      return db.transaction(async (tx) => {
+      writeAccount = async (tx) => {
         await accounts.finishLogin(tx, login);
-        const step = sessionView(login.userId, await sessions.create(tx, login.userId));
-        if (!(await append(tx, keys, flow, flow.state, step))) {
-          throw new HarmonyError(authErrors.flowConflict);
-        }
-        return step;
-      });
+        return login.userId;
+      };
+    } else {
+      const prepared = await accounts.prepareRegistration(submission);
+      writeAccount = (tx) => accounts.createAccount(tx, prepared);
     }
-    const prepared = await accounts.prepareRegistration(submission);
     return db.transaction(async (tx) => {
-      const userId = await accounts.createAccount(tx, prepared);
+      const userId = await writeAccount(tx);
       const step = sessionView(userId, await sessions.create(tx, userId));
       if (!(await append(tx, keys, flow, flow.state, step))) {
         throw new HarmonyError(authErrors.flowConflict);
