@@ -6,6 +6,7 @@
 import { createPublicKey, verify as nodeVerify } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { type Client, createClient, type Transport } from "@connectrpc/connect";
 import {
   createConnectTransport,
@@ -13,11 +14,13 @@ import {
   Http2SessionManager,
 } from "@connectrpc/connect-node";
 import { hash, verify } from "@node-rs/argon2";
+import { WebSocket } from "ws";
 import { generateKeyPair, sign, verifyNoble } from "../src/federation/ed25519.js";
-import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
+import { AuthService, StreamStepsRequestSchema } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { choice, loginForm, registerForm } from "./forms.js";
 
 export type Protocol = "connect-h1" | "grpc-h2";
+export type StreamProtocol = Protocol | "hrpc-ws";
 
 export type Task =
   | {
@@ -50,7 +53,7 @@ export type Task =
   | {
       kind: "streams";
       url: string;
-      protocol: Protocol;
+      protocol: StreamProtocol;
       count: number;
       samples: number;
       serverPid: number;
@@ -232,42 +235,61 @@ async function run(task: Task): Promise<Result> {
 
 /** Opens `count` StreamSteps calls, then measures NextStep-to-stream delay on `samples` of them. */
 async function streams(task: Extract<Task, { kind: "streams" }>): Promise<Result> {
-  const client = createClient(AuthService, transport(task.url, task.protocol));
   const control = createClient(AuthService, transport(task.url, "connect-h1"));
   const abort = new AbortController();
   const arrivals = new Map<string, (at: number) => void>();
+  const sockets: WebSocket[] = [];
   const ids: string[] = [];
   let opened = 0;
   let errors = 0;
+
+  // Opens one stream; resolves once it is open, and reports its first step's arrival.
+  const open =
+    task.protocol === "hrpc-ws"
+      ? (authId: string) =>
+          new Promise<void>((resolve) => {
+            const url = `${task.url.replace(/^http/, "ws")}/protocol.auth.v1.AuthService/StreamSteps`;
+            const ws = new WebSocket(url, ["hrpc1"]);
+            sockets.push(ws);
+            ws.once("open", () => {
+              ws.send(
+                toBinary(StreamStepsRequestSchema, create(StreamStepsRequestSchema, { authId })),
+              );
+              opened++;
+              resolve();
+            });
+            ws.once("message", () => arrivals.get(authId)?.(performance.now()));
+            ws.once("error", () => {
+              if (!abort.signal.aborted) errors++;
+              resolve();
+            });
+          })
+      : (() => {
+          const client = createClient(AuthService, transport(task.url, task.protocol));
+          return (authId: string) =>
+            new Promise<void>((resolve) => {
+              const stream = client.streamSteps({ authId }, { signal: abort.signal });
+              const first = stream[Symbol.asyncIterator]().next();
+              opened++;
+              resolve();
+              first.then(
+                (got) => {
+                  if (!got.done) arrivals.get(authId)?.(performance.now());
+                },
+                () => {
+                  if (!abort.signal.aborted) errors++;
+                },
+              );
+            });
+        })();
+
   const start = performance.now();
-  const running: Promise<void>[] = [];
   for (let batch = 0; batch < task.count; batch += 100) {
     const size = Math.min(100, task.count - batch);
     const begun = await Promise.all(Array.from({ length: size }, () => control.beginAuth({})));
     for (const { authId } of begun) {
       ids.push(authId);
-      const attached = new Promise<void>((resolve) => {
-        running.push(
-          (async () => {
-            try {
-              const stream = client.streamSteps({ authId }, { signal: abort.signal });
-              // The first step is what NextStep with no step produces; it
-              // arrives only once sampled, so the stream is attached when the
-              // server's response headers arrive.
-              const it = stream[Symbol.asyncIterator]();
-              const first = it.next();
-              opened++;
-              resolve();
-              const got = await first;
-              if (!got.done) arrivals.get(authId)?.(performance.now());
-            } catch {
-              if (!abort.signal.aborted) errors++;
-              resolve();
-            }
-          })(),
-        );
-      });
-      await attached;
+      await open(authId);
     }
   }
   const openSeconds = (performance.now() - start) / 1000;
@@ -290,7 +312,7 @@ async function streams(task: Extract<Task, { kind: "streams" }>): Promise<Result
     else latencies.push(at - sent);
   }
   abort.abort();
-  await Promise.allSettled(running);
+  for (const ws of sockets) ws.terminate();
   const sorted = Float64Array.from(latencies).sort();
   return {
     count: opened,

@@ -17,7 +17,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import pg from "pg";
 import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { choice, registerForm } from "./forms.js";
-import type { Protocol, Result, Task } from "./load.js";
+import type { Protocol, Result, StreamProtocol, Task } from "./load.js";
 
 const root = fileURLToPath(new URL("../", import.meta.url));
 const smoke = process.argv.includes("--smoke");
@@ -353,7 +353,7 @@ async function benchBackend(backend: Backend): Promise<void> {
 
     // Row 5: many concurrent StreamSteps: server memory and step delivery delay.
     // Each on a fresh server process, so one run's garbage is not counted in the next.
-    for (const protocol of ["connect-h1", "grpc-h2"] as Protocol[]) {
+    for (const protocol of ["connect-h1", "grpc-h2", "hrpc-ws"] as StreamProtocol[]) {
       await b.stop();
       b = await startServer(envB);
       servers.push(b);
