@@ -194,6 +194,49 @@ export function createHrpcAdapter({
     };
   };
 
+  const serveUnaryUnguarded = async (req: NodeRequest, res: NodeResponse): Promise<void> => {
+    const handler = byPath.get(pathOf(req.url));
+    if (!(req.headers["content-type"] ?? "").toLowerCase().startsWith(HRPC_CONTENT_TYPE)) {
+      return sendError(res, badUnary(`hRPC calls have Content-Type: ${HRPC_CONTENT_TYPE}`));
+    }
+    if (req.method !== "POST") return sendError(res, badUnary("hRPC unary calls are POSTs"));
+    if (!handler) {
+      return sendError(res, {
+        identifier: "hrpc.not-found",
+        humanMessage: `no method at ${pathOf(req.url)}`,
+        details: new Uint8Array(),
+      });
+    }
+    if (handler.method.methodKind !== "unary") {
+      return sendError(
+        res,
+        badUnary(`${handler.method.name} streams: open a WebSocket on this path instead`),
+      );
+    }
+    const abort = new AbortController();
+    res.once("close", () => abort.abort());
+    const uRes = await handler(
+      universalRequest(
+        req,
+        "application/proto",
+        req as AsyncIterable<Uint8Array>,
+        abort.signal,
+        req.headers.authorization,
+      ),
+    );
+    const body = uRes.body
+      ? await readAllBytes(uRes.body, Number.MAX_SAFE_INTEGER)
+      : new Uint8Array();
+    if (uRes.status === 200) {
+      res.writeHead(200, { ...hrpcHeaders, "content-length": body.length });
+      res.end(body);
+      return;
+    }
+    const fallback = new ConnectError(`HTTP ${uRes.status}`, Code.Internal);
+    const error = fromConnectError(errorFromJsonBytes(body, undefined, fallback), false);
+    sendError(res, error);
+  };
+
   return {
     claims(req) {
       const contentType = req.headers["content-type"] ?? "";
@@ -207,46 +250,19 @@ export function createHrpcAdapter({
     },
 
     async serveUnary(req, res) {
-      const handler = byPath.get(pathOf(req.url));
-      if (!(req.headers["content-type"] ?? "").toLowerCase().startsWith(HRPC_CONTENT_TYPE)) {
-        return sendError(res, badUnary(`hRPC calls have Content-Type: ${HRPC_CONTENT_TYPE}`));
+      try {
+        await serveUnaryUnguarded(req, res);
+      } catch (err) {
+        logger.error({ err }, "hRPC unary call failed");
+        if (res.headersSent) res.end();
+        else {
+          sendError(res, {
+            identifier: "hrpc.internal-server-error",
+            humanMessage: "the server failed to handle this request; it has been logged",
+            details: new Uint8Array(),
+          });
+        }
       }
-      if (req.method !== "POST") return sendError(res, badUnary("hRPC unary calls are POSTs"));
-      if (!handler) {
-        return sendError(res, {
-          identifier: "hrpc.not-found",
-          humanMessage: `no method at ${pathOf(req.url)}`,
-          details: new Uint8Array(),
-        });
-      }
-      if (handler.method.methodKind !== "unary") {
-        return sendError(
-          res,
-          badUnary(`${handler.method.name} streams: open a WebSocket on this path instead`),
-        );
-      }
-      const abort = new AbortController();
-      res.once("close", () => abort.abort());
-      const uRes = await handler(
-        universalRequest(
-          req,
-          "application/proto",
-          req as AsyncIterable<Uint8Array>,
-          abort.signal,
-          req.headers.authorization,
-        ),
-      );
-      const body = uRes.body
-        ? await readAllBytes(uRes.body, Number.MAX_SAFE_INTEGER)
-        : new Uint8Array();
-      if (uRes.status === 200) {
-        res.writeHead(200, { ...hrpcHeaders, "content-length": body.length });
-        res.end(body);
-        return;
-      }
-      const fallback = new ConnectError(`HTTP ${uRes.status}`, Code.Internal);
-      const error = fromConnectError(errorFromJsonBytes(body, undefined, fallback), false);
-      sendError(res, error);
     },
 
     serveUpgrade(req, socket, head) {
