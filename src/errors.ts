@@ -1,4 +1,4 @@
-import { Code } from "@connectrpc/connect";
+import { Code, type ConnectError } from "@connectrpc/connect";
 
 /**
  * A stable error: the Harmony identifier clients branch on, the Connect code,
@@ -54,17 +54,20 @@ export const hrpcErrors = {
     code: Code.Unavailable,
     message: "the server is shutting down; reconnect and try again",
   },
-  notImplemented: {
-    identifier: "hrpc.not-implemented",
-    code: Code.Unimplemented,
-    message: "this server does not implement this method",
-  },
-  resourceExhausted: {
-    identifier: "hrpc.resource-exhausted",
-    code: Code.ResourceExhausted,
-    message: "too many requests; wait and try again",
-  },
 } as const satisfies Record<string, ErrorSpec>;
+
+/**
+ * Whether connect-es rejected a request message that does not decode. It
+ * reports that as Internal ("parse binary: …"), but it is the client's mistake.
+ */
+export function isUndecodableRequest(err: ConnectError): boolean {
+  return err.code === Code.Internal && err.rawMessage.startsWith("parse binary");
+}
+
+/** hRPC's identifier for a malformed request, unary or streaming. */
+export function badRequestIdentifier(streaming: boolean): string {
+  return streaming ? "hrpc.http.bad-streaming-request" : "hrpc.http.bad-unary-request";
+}
 
 /**
  * The hRPC identifier for a Connect code, for errors that arrive without one

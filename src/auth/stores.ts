@@ -96,7 +96,6 @@ export interface SessionStore {
   ): Promise<void>;
   find(q: Queryable, tokenHash: Buffer): Promise<StoredSession | undefined>;
   touch(q: Queryable, tokenHash: Buffer, now: number): Promise<void>;
-  delete(q: Queryable, tokenHash: Buffer): Promise<void>;
   deleteExpired(q: Queryable, now: number, idleCutoff: number): Promise<number>;
   /**
    * Hears of every deletion of sessions, by any process: the token hashes

@@ -25,11 +25,6 @@ function adapt(db: PGlite | Transaction): Queryable {
 export async function createPgliteDatabase(dataDir: string): Promise<Database> {
   if (dataDir !== inMemory) await mkdir(dataDir, { recursive: true });
   const db = await PGlite.create(dataDir === inMemory ? undefined : dataDir);
-  return wrapPglite(db);
-}
-
-/** Wraps an open PGlite instance (tests use this with a cloned template). */
-export function wrapPglite(db: PGlite): Database {
   return {
     kind: "pglite",
     ...adapt(db),

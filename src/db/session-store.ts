@@ -43,10 +43,6 @@ export function createSessionStore(db: Database): SessionStore {
       ]);
     },
 
-    async delete(q, tokenHash) {
-      await q.query("DELETE FROM sessions WHERE token_hash = $1", [tokenHash]);
-    },
-
     listenDeletions(onDeleted) {
       return db.listen(sessionDeletionChannel, {
         message: (payload) => onDeleted(payload === "*" ? "all" : payload.split(",")),

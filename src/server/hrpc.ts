@@ -19,7 +19,7 @@ import {
 } from "@connectrpc/connect/protocol-connect";
 import type { Logger } from "pino";
 import { type WebSocket, WebSocketServer } from "ws";
-import { identifierForCode } from "../errors.js";
+import { badRequestIdentifier, identifierForCode, isUndecodableRequest } from "../errors.js";
 import { ErrorSchema, RetryInfoSchema } from "../gen/hrpc/v1/hrpc_pb.js";
 import { harmonyIdentifier } from "./interceptors.js";
 
@@ -69,12 +69,12 @@ interface HrpcError {
 }
 
 const badUnary = (humanMessage: string): HrpcError => ({
-  identifier: "hrpc.http.bad-unary-request",
+  identifier: badRequestIdentifier(false),
   humanMessage,
   details: new Uint8Array(),
 });
 const badStreaming = (humanMessage: string): HrpcError => ({
-  identifier: "hrpc.http.bad-streaming-request",
+  identifier: badRequestIdentifier(true),
   humanMessage,
   details: new Uint8Array(),
 });
@@ -82,17 +82,10 @@ const badStreaming = (humanMessage: string): HrpcError => ({
 /** A ConnectError as hRPC reports it, keeping the Harmony identifier cadenza attached. */
 function fromConnectError(err: ConnectError, streaming: boolean): HrpcError {
   const detail = err.findDetails(ErrorSchema)[0];
-  // connect-es reports a body that does not decode as Internal ("parse binary: …").
-  const malformed =
-    err.code === Code.InvalidArgument ||
-    (err.code === Code.Internal && err.rawMessage.startsWith("parse binary"));
+  const malformed = err.code === Code.InvalidArgument || isUndecodableRequest(err);
   const identifier =
     harmonyIdentifier(err) ??
-    (malformed
-      ? streaming
-        ? "hrpc.http.bad-streaming-request"
-        : "hrpc.http.bad-unary-request"
-      : identifierForCode(err.code));
+    (malformed ? badRequestIdentifier(streaming) : identifierForCode(err.code));
   return {
     identifier,
     humanMessage: detail?.humanMessage || err.rawMessage,

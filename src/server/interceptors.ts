@@ -2,7 +2,13 @@ import { create, getOption, hasOption, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import type { Logger } from "pino";
 import type { AuthenticatedSession, Sessions } from "../auth/sessions.js";
-import { HarmonyError, hrpcErrors, identifierForCode } from "../errors.js";
+import {
+  badRequestIdentifier,
+  HarmonyError,
+  hrpcErrors,
+  identifierForCode,
+  isUndecodableRequest,
+} from "../errors.js";
 import { ErrorSchema, RetryInfoSchema } from "../gen/hrpc/v1/hrpc_pb.js";
 import { metadata } from "../gen/protocol/harmonytypes/v1/types_pb.js";
 
@@ -84,13 +90,11 @@ export function toConnectError(
   }
   if (err instanceof ConnectError) {
     if (harmonyIdentifier(err) !== undefined) return err;
-    // connect-es reports a request message that does not decode as Internal;
-    // it is the client's mistake.
-    if (err.code === Code.Internal && err.rawMessage.startsWith("parse binary")) {
+    if (isUndecodableRequest(err)) {
       return withDetail(
         `the request message does not decode: ${err.rawMessage}`,
         Code.InvalidArgument,
-        streaming ? "hrpc.http.bad-streaming-request" : "hrpc.http.bad-unary-request",
+        badRequestIdentifier(streaming),
       );
     }
     if (err.code === Code.Internal || err.code === Code.Unknown) {
