@@ -13,9 +13,10 @@ import {
   createGrpcTransport,
   Http2SessionManager,
 } from "@connectrpc/connect-node";
+import * as ed from "@noble/ed25519";
 import { hash, verify } from "@node-rs/argon2";
 import { WebSocket } from "ws";
-import { generateKeyPair, sign, verifyNoble } from "../src/federation/ed25519.js";
+import { generateKeyPair, sign } from "../src/federation/ed25519.js";
 import { AuthService, StreamStepsRequestSchema } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { choice, loginForm, registerForm } from "./forms.js";
 
@@ -348,3 +349,12 @@ run(task).then(
     process.exit(1);
   },
 );
+
+/** @noble/ed25519's strict (RFC 8032, not ZIP-215) verify: row 6's ceiling. */
+function verifyNoble(signature: Uint8Array, message: Uint8Array, publicKey: Uint8Array): boolean {
+  try {
+    return ed.verify(signature, message, publicKey, { zip215: false });
+  } catch {
+    return false;
+  }
+}

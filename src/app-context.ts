@@ -9,19 +9,12 @@ import { createStepHub, type StepHub } from "./auth/step-hub.js";
 import { type Clock, systemClock } from "./clock.js";
 import type { Config } from "./config.js";
 import type { Database } from "./db/database.js";
-import {
-  createForeignUserStore,
-  createRemoteKeyStore,
-  createServerKeyStore,
-  createUsedTokenStore,
-} from "./db/federation-stores.js";
-import { createFlowStore } from "./db/flow-store.js";
 import { loadMigrations, migrate } from "./db/migrate.js";
-import { createSessionStore } from "./db/session-store.js";
-import { createUserStore } from "./db/user-store.js";
+import { createStores, type Stores } from "./db/stores.js";
 import { createFederation, type Federation } from "./federation/federation.js";
 import { createRemoteKeys } from "./federation/remote-keys.js";
 import { createServerKeys, type ServerKeys } from "./federation/server-keys.js";
+import { createLifecycle, type Lifecycle } from "./lifecycle.js";
 
 /** Everything the server is made of, built once by {@link createAppContext}. */
 export interface AppContext {
@@ -29,6 +22,7 @@ export interface AppContext {
   readonly logger: Logger;
   readonly clock: Clock;
   readonly db: Database;
+  readonly stores: Stores;
   readonly hasher: PasswordHasher;
   readonly sessions: Sessions;
   readonly accounts: Accounts;
@@ -38,7 +32,9 @@ export interface AppContext {
   readonly federation: Federation;
   /** The schema version this build migrates to; /readyz compares against it. */
   readonly schemaVersion: number;
-  /** Stops background work and closes the database. */
+  /** Background jobs and closers; `lifecycle.runJobs()` runs every job now. */
+  readonly lifecycle: Pick<Lifecycle, "jobs" | "runJobs">;
+  /** Stops background work, closes everything opened, then the database. */
   close(): Promise<void>;
 }
 
@@ -50,11 +46,11 @@ export interface AppOverrides {
   /** An open database; the context then does not close it. */
   readonly db?: Database;
   readonly commonPasswords?: ReadonlySet<string>;
-  /** Skip the periodic deletion of expired rows (tests sweep by hand). */
-  readonly sweepIntervalMs?: number | false;
+  /** Whether background jobs run on their timers (default true; tests run them by hand). */
+  readonly background?: boolean;
 }
 
-/** How often expired flows and sessions are deleted. */
+/** How often expired flows, sessions and used federation tokens are deleted. */
 const SWEEP_INTERVAL_MS = 10 * 60_000;
 
 /** The logger cadenza uses everywhere: JSON lines on stdout, secrets redacted. */
@@ -93,7 +89,8 @@ export async function openDatabase(
 
 /**
  * Builds the application: opens and migrates the database, then wires every
- * service to exactly the dependencies it uses.
+ * service to exactly the dependencies it uses, registering each one's
+ * background jobs and closer in one lifecycle.
  */
 export async function createAppContext(
   config: Config,
@@ -101,38 +98,55 @@ export async function createAppContext(
 ): Promise<AppContext> {
   const logger = overrides.logger ?? createLogger(config);
   const clock = overrides.clock ?? systemClock;
-  const ownsDb = overrides.db === undefined;
+  const lifecycle = createLifecycle(logger);
   const db = overrides.db ?? (await openDatabase(config, logger));
+  if (overrides.db === undefined) lifecycle.onClose("database", () => db.close());
   try {
     const migrations = await loadMigrations();
     const applied = await migrate(db, migrations);
     if (applied.length > 0) logger.info({ applied }, "database migrated");
 
+    const stores = createStores();
     const hasher = overrides.hasher ?? createArgon2Hasher(config.argon2);
-    const flowStore = createFlowStore(db);
     const sessions = await createSessions({
       db,
       clock,
       config,
-      sessionStore: createSessionStore(db),
+      sessionStore: stores.sessions,
     });
+    lifecycle.onClose("sessions", () => sessions.close());
+    lifecycle.job({ name: "sessions.sweep", everyMs: SWEEP_INTERVAL_MS, run: sessions.sweep });
+
     const accounts = await createAccounts({
       db,
       clock,
       hasher,
       commonPasswords: overrides.commonPasswords ?? loadCommonPasswords(),
-      userStore: createUserStore(),
+      userStore: stores.users,
     });
     const policy: FlowPolicy = { registration: config.registration === "open", otherOptions: [] };
-    const hub = await createStepHub(flowStore);
-    const flows = createFlows({ db, clock, config, policy, flowStore, hub, accounts, sessions });
+    const hub = await createStepHub({ db, flowStore: stores.flows });
+    lifecycle.onClose("step hub", () => hub.close());
+    const flows = createFlows({
+      db,
+      clock,
+      config,
+      policy,
+      flowStore: stores.flows,
+      hub,
+      accounts,
+      sessions,
+    });
+    lifecycle.job({ name: "flows.sweep", everyMs: SWEEP_INTERVAL_MS, run: flows.sweep });
+
     const serverKeys = await createServerKeys({
       db,
       clock,
       logger,
-      keyStore: createServerKeyStore(db),
+      keyStore: stores.serverKeys,
       keyEncryptionKey: config.federation.keyEncryptionKey,
     });
+    lifecycle.onClose("server keys", () => serverKeys.close());
     const federation = createFederation({
       db,
       clock,
@@ -142,36 +156,21 @@ export async function createAppContext(
         db,
         clock,
         config: config.federation,
-        remoteKeyStore: createRemoteKeyStore(),
+        remoteKeyStore: stores.remoteKeys,
       }),
       sessions,
-      usedTokens: createUsedTokenStore(),
-      foreignUsers: createForeignUserStore(),
+      usedTokens: stores.usedTokens,
+      foreignUsers: stores.foreignUsers,
     });
+    lifecycle.job({ name: "federation.sweep", everyMs: SWEEP_INTERVAL_MS, run: federation.sweep });
 
-    const sweepEvery = overrides.sweepIntervalMs ?? SWEEP_INTERVAL_MS;
-    const sweeper =
-      sweepEvery === false
-        ? undefined
-        : setInterval(() => {
-            Promise.all([flows.sweep(), sessions.sweep()]).then(
-              ([flowCount, sessionCount]) => {
-                if (flowCount + sessionCount > 0) {
-                  logger.debug(
-                    { flows: flowCount, sessions: sessionCount },
-                    "expired rows deleted",
-                  );
-                }
-              },
-              (err: unknown) => logger.warn({ err }, "deleting expired rows failed"),
-            );
-          }, sweepEvery).unref();
-
+    if (overrides.background !== false) lifecycle.start();
     return {
       config,
       logger,
       clock,
       db,
+      stores,
       hasher,
       sessions,
       accounts,
@@ -180,16 +179,11 @@ export async function createAppContext(
       serverKeys,
       federation,
       schemaVersion: migrations.at(-1)?.version ?? 0,
-      async close() {
-        if (sweeper) clearInterval(sweeper);
-        await hub.close();
-        await serverKeys.close();
-        await sessions.close();
-        if (ownsDb) await db.close();
-      },
+      lifecycle,
+      close: () => lifecycle.close(),
     };
   } catch (err) {
-    if (ownsDb) await db.close().catch(() => {});
+    await lifecycle.close().catch(() => {});
     throw err;
   }
 }

@@ -1,11 +1,7 @@
-import { createLogger, openDatabase } from "./app-context.js";
-import { systemClock } from "./clock.js";
+import { createAppContext, createLogger, openDatabase } from "./app-context.js";
 import { ConfigError, loadConfig } from "./config.js";
-import type { Database } from "./db/database.js";
-import { createServerKeyStore } from "./db/federation-stores.js";
 import { migrate } from "./db/migrate.js";
 import { StartupError } from "./errors.js";
-import { createServerKeys } from "./federation/server-keys.js";
 
 const usage = `usage: npm run cli -- <command>
 
@@ -29,33 +25,27 @@ async function main(argv: readonly string[]): Promise<number> {
   }
   const config = loadConfig();
   const logger = createLogger({ logLevel: config.logLevel === "info" ? "warn" : config.logLevel });
-  const db: Database = await openDatabase(config, logger);
-  try {
-    const applied = await migrate(db);
-    if (command === "migrate") {
+  if (command === "migrate") {
+    const db = await openDatabase(config, logger);
+    try {
+      const applied = await migrate(db);
       process.stdout.write(
         applied.length === 0 ? "database is up to date\n" : `applied: ${applied.join(", ")}\n`,
       );
       return 0;
-    }
-    const keys = await createServerKeys({
-      db,
-      clock: systemClock,
-      logger,
-      keyStore: createServerKeyStore(db),
-      keyEncryptionKey: config.federation.keyEncryptionKey,
-    });
-    try {
-      const key = command === "key rotate" ? await keys.rotate() : keys.current();
-      process.stdout.write(
-        `${command === "key rotate" ? "new current key" : "current key"} ${key.id}: ${Buffer.from(key.publicKey).toString("base64")}\n`,
-      );
-      return 0;
     } finally {
-      await keys.close();
+      await db.close();
     }
+  }
+  const ctx = await createAppContext(config, { logger, background: false });
+  try {
+    const key = command === "key rotate" ? await ctx.serverKeys.rotate() : ctx.serverKeys.current();
+    process.stdout.write(
+      `${command === "key rotate" ? "new current key" : "current key"} ${key.id}: ${Buffer.from(key.publicKey).toString("base64")}\n`,
+    );
+    return 0;
   } finally {
-    await db.close();
+    await ctx.close();
   }
 }
 

@@ -5,16 +5,3 @@ export interface Clock {
 }
 
 export const systemClock: Clock = { now: () => Date.now() };
-
-/** A clock that only moves when told to, for tests. */
-export function createFakeClock(start = Date.UTC(2026, 0, 1)): Clock & {
-  advance(ms: number): void;
-} {
-  let current = start;
-  return {
-    now: () => current,
-    advance(ms) {
-      current += ms;
-    },
-  };
-}

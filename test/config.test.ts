@@ -1,5 +1,7 @@
+import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { ConfigError, loadConfig, parseDuration } from "../src/config.js";
+import { replaceSettingsTable, settings } from "../src/settings.js";
 
 describe("loadConfig", () => {
   it("has the documented defaults", () => {
@@ -91,4 +93,16 @@ describe("parseDuration", () => {
   it.each(["", "1.5h", "-1s", "10 minutes", "1w"])("rejects %j", (text) =>
     expect(parseDuration(text)).toBeUndefined(),
   );
+});
+
+describe("the settings table", () => {
+  it.each(Object.entries(settings))("%s: its default parses and it is documented", (_, s) => {
+    expect(() => s.parse(s.default)).not.toThrow();
+    expect(s.doc.length).toBeGreaterThan(0);
+  });
+
+  it("is what the README's configuration table shows (npm run docs)", () => {
+    const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
+    expect(replaceSettingsTable(readme)).toBe(readme);
+  });
 });

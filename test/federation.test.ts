@@ -4,7 +4,6 @@ import { type Client, Code, createClient } from "@connectrpc/connect";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type AppContext, createAppContext } from "../src/app-context.js";
-import { createFakeClock } from "../src/clock.js";
 import { generateKeyPair, sign } from "../src/federation/ed25519.js";
 import { TokenDataSchema as CadenzaTokenDataSchema } from "../src/gen/cadenza/federation/v1/token_pb.js";
 import {
@@ -13,7 +12,8 @@ import {
 } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import type { Token } from "../src/gen/protocol/harmonytypes/v1/types_pb.js";
 import { type RunningServer, startServer } from "../src/server/listener.js";
-import { type FakeClock, fastHasher, testConfig } from "./helpers/app.js";
+import { fastHasher, testConfig } from "./helpers/app.js";
+import { createFakeClock, type FakeClock } from "./helpers/clock.js";
 import { backends, type TestDatabase } from "./helpers/databases.js";
 import { expectRpcError } from "./helpers/errors.js";
 import { newUser, register } from "./helpers/flow.js";
@@ -51,7 +51,7 @@ async function homeserver(
       clock,
       hasher: fastHasher,
       logger: pino({ level: "silent" }),
-      sweepIntervalMs: false,
+      background: false,
     },
   );
   const server = await startServer(ctx);
@@ -219,7 +219,7 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
     // After one token lifetime the same bytes are accepted again: such a
     // server signs identical bytes every time (see README).
     b.clock.advance(5 * 60_000);
-    await b.ctx.federation.sweep();
+    expect((await b.ctx.lifecycle.runJobs())["federation.sweep"]).toBe(1);
     expect((await loginOnB(token)).session?.userId).toBe(session?.userId);
   });
 

@@ -41,7 +41,7 @@ describe.each(backends)("hRPC on $name", (backend) => {
         db: database.db,
         hasher: fastHasher,
         logger: pino({ level: "silent" }),
-        sweepIntervalMs: false,
+        background: false,
       },
     );
     server = await startServer(ctx);

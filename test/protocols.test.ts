@@ -21,7 +21,7 @@ async function serve(
       db: database.db,
       hasher: fastHasher,
       logger: pino({ level: "silent" }),
-      sweepIntervalMs: false,
+      background: false,
     },
   );
   return { ctx, server: await startServer(ctx) };

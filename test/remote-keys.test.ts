@@ -2,11 +2,11 @@ import { createServer, type Server } from "node:http";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createFakeClock } from "../src/clock.js";
 import { createRemoteKeyStore } from "../src/db/federation-stores.js";
 import { HarmonyError } from "../src/errors.js";
 import { createRemoteKeys, REFETCH_INTERVAL_MS } from "../src/federation/remote-keys.js";
 import { KeyResponseSchema } from "../src/gen/protocol/auth/v1/auth_pb.js";
+import { createFakeClock } from "./helpers/clock.js";
 import { pglite, type TestDatabase } from "./helpers/databases.js";
 
 /** A fake homeserver on loopback whose answer each test sets. */

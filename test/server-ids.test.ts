@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { canonicalServerId, checkServer, isPublicAddress } from "../src/federation/server-ids.js";
+import { checkServer, isPublicAddress } from "../src/federation/server-ids.js";
+import { canonicalServerId } from "../src/server-id.js";
 
 describe("server IDs", () => {
   it.each([

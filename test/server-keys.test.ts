@@ -1,9 +1,9 @@
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createFakeClock } from "../src/clock.js";
 import { createServerKeyStore } from "../src/db/federation-stores.js";
 import { StartupError } from "../src/errors.js";
 import { createServerKeys } from "../src/federation/server-keys.js";
+import { createFakeClock } from "./helpers/clock.js";
 import { backends, type TestDatabase } from "./helpers/databases.js";
 
 describe.each(backends)("server keys on $name", (backend) => {
@@ -20,7 +20,7 @@ describe.each(backends)("server keys on $name", (backend) => {
       db: database.db,
       clock: createFakeClock(),
       logger: pino({ level: "silent" }),
-      keyStore: createServerKeyStore(database.db),
+      keyStore: createServerKeyStore(),
       keyEncryptionKey: kek,
     });
   const rows = async () =>

@@ -1,6 +1,6 @@
 import type { Clock } from "../clock.js";
 import type { Config } from "../config.js";
-import type { Queryable } from "../db/database.js";
+import type { Database, Queryable } from "../db/database.js";
 import { HarmonyError } from "../errors.js";
 import { authErrors } from "./auth-errors.js";
 import { randomToken, sha256 } from "./random-ids.js";
@@ -33,7 +33,7 @@ export interface Sessions {
 }
 
 export type SessionsDeps = {
-  readonly db: Queryable;
+  readonly db: Database;
   readonly clock: Clock;
   readonly config: Pick<Config, "sessionIdleTtlMs" | "sessionMaxTtlMs">;
   readonly sessionStore: SessionStore;
@@ -65,7 +65,7 @@ export async function createSessions({
   const cache = new Map<string, CachedSession>();
   // Bumped on every announced deletion, so a read that raced one is not cached.
   let deletions = 0;
-  const unlisten = await sessionStore.listenDeletions((hashes) => {
+  const unlisten = await sessionStore.listenDeletions(db, (hashes) => {
     deletions++;
     if (hashes === "all") cache.clear();
     else for (const hash of hashes) cache.delete(hash);

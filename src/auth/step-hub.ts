@@ -1,3 +1,4 @@
+import type { Database } from "../db/database.js";
 import type { FlowStore, StoredStep } from "./stores.js";
 
 /** What a subscription can be woken with. */
@@ -35,7 +36,13 @@ interface Subscriber {
  * StreamSteps calls, by flow. Steps made by any process reach every process,
  * so a stream may attach to a different replica than the one advancing it.
  */
-export async function createStepHub(flowStore: Pick<FlowStore, "listenSteps">): Promise<StepHub> {
+export async function createStepHub({
+  db,
+  flowStore,
+}: {
+  readonly db: Database;
+  readonly flowStore: Pick<FlowStore, "listenSteps">;
+}): Promise<StepHub> {
   const byFlow = new Map<string, Set<Subscriber>>();
 
   const push = (sub: Subscriber, event: HubEvent): void => {
@@ -44,7 +51,7 @@ export async function createStepHub(flowStore: Pick<FlowStore, "listenSteps">): 
     sub.wake?.();
   };
 
-  const unlisten = await flowStore.listenSteps({
+  const unlisten = await flowStore.listenSteps(db, {
     step(flowKey, step) {
       const subs = byFlow.get(flowKey.toString("hex"));
       if (subs) for (const sub of subs) push(sub, { kind: "step", step });

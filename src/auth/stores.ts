@@ -1,4 +1,4 @@
-import type { Queryable } from "../db/database.js";
+import type { Database, Queryable } from "../db/database.js";
 import type { FlowRecord, FlowState } from "./flow-machine.js";
 
 /**
@@ -45,7 +45,7 @@ export interface FlowStore {
     sealed: Uint8Array,
   ): Promise<number | undefined>;
   stepsAfter(q: Queryable, key: Buffer, seq: number): Promise<StoredStep[]>;
-  listenSteps(handlers: StepNotificationHandlers): Promise<() => Promise<void>>;
+  listenSteps(db: Database, handlers: StepNotificationHandlers): Promise<() => Promise<void>>;
   deleteExpired(q: Queryable, now: number): Promise<number>;
 }
 
@@ -103,6 +103,7 @@ export interface SessionStore {
    * been lost.
    */
   listenDeletions(
+    db: Database,
     onDeleted: (hashes: readonly string[] | "all") => void,
   ): Promise<() => Promise<void>>;
 }

@@ -5,13 +5,13 @@ import type {
   StoredServerKey,
   UsedTokenStore,
 } from "../federation/stores.js";
-import { type Database, maybeOne, one } from "./database.js";
+import { maybeOne, one } from "./database.js";
 
 /** The channel on which a key rotation is announced to every process. */
 export const keyRotationChannel = "cadenza_server_keys";
 const KEY_LOCK = 0x63_61_64_6b_79; // "cadky"
 
-export function createServerKeyStore(db: Database): ServerKeyStore {
+export function createServerKeyStore(): ServerKeyStore {
   return {
     async current(q) {
       const row = await maybeOne<{
@@ -53,7 +53,7 @@ export function createServerKeyStore(db: Database): ServerKeyStore {
     async lock(q) {
       await q.query("SELECT pg_advisory_xact_lock($1)", [KEY_LOCK]);
     },
-    listenRotations(onRotation) {
+    listenRotations(db, onRotation) {
       return db.listen(keyRotationChannel, { message: onRotation, reconnected: onRotation });
     },
   };

@@ -38,7 +38,7 @@ interface FlowRow {
 }
 
 /** Auth flows and their step logs in Postgres, with steps announced by NOTIFY. */
-export function createFlowStore(db: Database): FlowStore {
+export function createFlowStore(): FlowStore {
   return {
     async insert(q, key, state, now, expiresAt) {
       await q.query(
@@ -103,7 +103,7 @@ export function createFlowStore(db: Database): FlowStore {
       );
     },
 
-    listenSteps(handlers: StepNotificationHandlers) {
+    listenSteps(db: Database, handlers: StepNotificationHandlers) {
       return db.listen(stepChannel, {
         message(payload) {
           const [keyHex, seq, sealed] = payload.split(":");

@@ -1,11 +1,11 @@
 import type { SessionStore, StoredSession } from "../auth/stores.js";
-import { type Database, maybeOne } from "./database.js";
+import { maybeOne } from "./database.js";
 
 /** Announced by a trigger (migration 0003) whenever sessions are deleted. */
 export const sessionDeletionChannel = "cadenza_sessions_deleted";
 
 /** Sessions in Postgres, keyed by the SHA-256 of their token. */
-export function createSessionStore(db: Database): SessionStore {
+export function createSessionStore(): SessionStore {
   return {
     async insert(q, tokenHash, userId, now, expiresAt) {
       await q.query(
@@ -43,7 +43,7 @@ export function createSessionStore(db: Database): SessionStore {
       ]);
     },
 
-    listenDeletions(onDeleted) {
+    listenDeletions(db, onDeleted) {
       return db.listen(sessionDeletionChannel, {
         message: (payload) => onDeleted(payload === "*" ? "all" : payload.split(",")),
         reconnected: () => onDeleted("all"),

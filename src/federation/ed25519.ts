@@ -57,16 +57,3 @@ export function verify(signature: Uint8Array, message: Uint8Array, publicKey: Ui
     return false;
   }
 }
-
-/** @noble/ed25519's strict (RFC 8032, not ZIP-215) verify: the benchmark's ceiling. */
-export function verifyNoble(
-  signature: Uint8Array,
-  message: Uint8Array,
-  publicKey: Uint8Array,
-): boolean {
-  try {
-    return ed.verify(signature, message, publicKey, { zip215: false });
-  } catch {
-    return false;
-  }
-}

@@ -8,10 +8,10 @@ import type { Config } from "../config.js";
 import { type Database, uniqueViolation } from "../db/database.js";
 import { HarmonyError } from "../errors.js";
 import { type TokenData, TokenDataSchema } from "../gen/cadenza/federation/v1/token_pb.js";
+import { canonicalServerId } from "../server-id.js";
 import { sign, verify } from "./ed25519.js";
 import { federationErrors } from "./federation-errors.js";
 import type { RemoteKeys } from "./remote-keys.js";
-import { canonicalServerId } from "./server-ids.js";
 import type { ServerKeys } from "./server-keys.js";
 import type { ForeignUserStore, UsedTokenStore } from "./stores.js";
 

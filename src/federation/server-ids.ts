@@ -2,40 +2,8 @@ import { lookup as dnsLookup } from "node:dns/promises";
 import type { LookupFunction } from "node:net";
 import { BlockList, isIP } from "node:net";
 import { HarmonyError } from "../errors.js";
+import { parseServerId } from "../server-id.js";
 import { federationErrors } from "./federation-errors.js";
-
-/**
- * A server ID in canonical form, `host:port` with the host lower-cased, or
- * undefined when it is not one. Accepts `host:port`, `[v6]:port`, and the
- * same with an `http://` or `https://` prefix, where the port defaults to the
- * scheme's (clients do send IDs with schemes).
- */
-export function canonicalServerId(id: string): string | undefined {
-  return parseServerId(id)?.canonical;
-}
-
-interface ParsedServerId {
-  readonly scheme: "http" | "https" | undefined;
-  /** Host as written in a URL: a name, an IPv4 address or a bracketed IPv6 address. */
-  readonly host: string;
-  readonly port: number;
-  readonly canonical: string;
-}
-
-function parseServerId(id: string): ParsedServerId | undefined {
-  const match =
-    /^(?:(https?):\/\/)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::(\d{1,5}))?\/?$/.exec(
-      id.trim(),
-    );
-  if (!match) return undefined;
-  const scheme = match[1] as "http" | "https" | undefined;
-  const host = (match[2] ?? "").toLowerCase();
-  const portText = match[3] ?? (scheme === "https" ? "443" : scheme === "http" ? "80" : undefined);
-  const port = Number(portText);
-  if (portText === undefined || port < 1 || port > 65535) return undefined;
-  if (host.startsWith("[") && isIP(host.slice(1, -1)) !== 6) return undefined;
-  return { scheme, host, port, canonical: `${host}:${port}` };
-}
 
 // Addresses no federation request may reach unless FEDERATION_ALLOW_INSECURE:
 // loopback, private, link-local, unique-local, and other non-public ranges.

@@ -109,7 +109,7 @@ export async function createServerKeys(deps: ServerKeysDeps): Promise<ServerKeys
     });
 
   let current = await loadOrCreate();
-  const unlisten = await keyStore.listenRotations(() => {
+  const unlisten = await keyStore.listenRotations(db, () => {
     keyStore.current(db).then(
       (stored) => {
         if (stored && stored.id !== current.id) {

@@ -1,4 +1,4 @@
-import type { Queryable } from "../db/database.js";
+import type { Database, Queryable } from "../db/database.js";
 
 /** The storage federation needs, implemented in src/db. */
 
@@ -25,7 +25,7 @@ export interface ServerKeyStore {
   ): Promise<void>;
   /** Serialises key creation between processes starting together (inside a transaction). */
   lock(q: Queryable): Promise<void>;
-  listenRotations(onRotation: () => void): Promise<() => Promise<void>>;
+  listenRotations(db: Database, onRotation: () => void): Promise<() => Promise<void>>;
 }
 
 export interface RemoteKey {

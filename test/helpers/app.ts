@@ -2,11 +2,11 @@ import { type Client, createClient, createRouterTransport } from "@connectrpc/co
 import { pino } from "pino";
 import { type AppContext, createAppContext } from "../../src/app-context.js";
 import { createArgon2Hasher, type PasswordHasher } from "../../src/auth/password-hasher.js";
-import { createFakeClock } from "../../src/clock.js";
 import { type Config, loadConfig } from "../../src/config.js";
 import type { Database } from "../../src/db/database.js";
 import { AuthService } from "../../src/gen/protocol/auth/v1/auth_pb.js";
 import { connectRoutes } from "../../src/server/build-app.js";
+import { createFakeClock, type FakeClock } from "./clock.js";
 
 /** Configuration for tests: in-memory, any port, quiet. */
 export function testConfig(env: Record<string, string> = {}): Config {
@@ -37,8 +37,6 @@ export function countingHasher(inner: PasswordHasher = fastHasher) {
   return { hasher, calls };
 }
 
-export type FakeClock = ReturnType<typeof createFakeClock>;
-
 export interface TestApp {
   readonly ctx: AppContext;
   readonly clock: FakeClock;
@@ -58,7 +56,7 @@ export async function createTestApp(
     clock,
     hasher: options.hasher ?? fastHasher,
     logger: pino({ level: "silent" }),
-    sweepIntervalMs: false,
+    background: false,
   });
   const { routes, interceptors } = connectRoutes(ctx);
   const transport = createRouterTransport(routes, { router: { interceptors } });

@@ -1,0 +1,43 @@
+import type { FlowStore, SessionStore, UserStore } from "../auth/stores.js";
+import type {
+  ForeignUserStore,
+  RemoteKeyStore,
+  ServerKeyStore,
+  UsedTokenStore,
+} from "../federation/stores.js";
+import {
+  createForeignUserStore,
+  createRemoteKeyStore,
+  createServerKeyStore,
+  createUsedTokenStore,
+} from "./federation-stores.js";
+import { createFlowStore } from "./flow-store.js";
+import { createSessionStore } from "./session-store.js";
+import { createUserStore } from "./user-store.js";
+
+/** Every store, each implementing a feature's store interface. */
+export interface Stores {
+  readonly flows: FlowStore;
+  readonly sessions: SessionStore;
+  readonly users: UserStore;
+  readonly serverKeys: ServerKeyStore;
+  readonly remoteKeys: RemoteKeyStore;
+  readonly usedTokens: UsedTokenStore;
+  readonly foreignUsers: ForeignUserStore;
+}
+
+/**
+ * The stores are stateless: every method takes the Queryable (or, to LISTEN,
+ * the Database) it runs on, so one transaction can span several of them.
+ */
+export function createStores(): Stores {
+  return {
+    flows: createFlowStore(),
+    sessions: createSessionStore(),
+    users: createUserStore(),
+    serverKeys: createServerKeyStore(),
+    remoteKeys: createRemoteKeyStore(),
+    usedTokens: createUsedTokenStore(),
+    foreignUsers: createForeignUserStore(),
+  };
+}

@@ -1,0 +1,201 @@
+import {
+  bool,
+  duration,
+  int,
+  key32,
+  list,
+  oneOf,
+  origin,
+  type Parser,
+  postgresUrl,
+  serverId,
+  text,
+} from "./setting-parsers.js";
+
+/**
+ * Every environment variable cadenza reads, declared once: its default, how it
+ * is parsed, and what it means. This table drives parsing and the error report
+ * (src/config.ts) and the README's configuration table (`npm run docs`, which
+ * a test keeps in step).
+ */
+
+export interface Setting<T> {
+  /** The text used when the variable is unset or empty. */
+  readonly default: string;
+  /** How the README shows the default, when not the text itself. */
+  readonly shownDefault?: string;
+  readonly parse: Parser<T>;
+  /** One sentence for the README. */
+  readonly doc: string;
+}
+
+const setting = <T>(s: Setting<T>): Setting<T> => s;
+
+export const logLevels = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
+export const settings = {
+  HOST: setting({
+    default: "127.0.0.1",
+    parse: text,
+    doc: "address to listen on (`0.0.0.0` in the Docker image)",
+  }),
+  PORT: setting({ default: "2289", parse: int(0, 65535), doc: "the one port for every protocol" }),
+  SERVER_ID: setting({
+    default: "",
+    shownDefault: "`localhost:<PORT>`",
+    parse: (value) => (value === "" ? undefined : serverId({ allowScheme: false })(value)),
+    doc: "this homeserver's ID, `domain:port` (such as `chat.example.org:2289`): federation tokens for other IDs are refused",
+  }),
+  LOG_LEVEL: setting({
+    default: "info",
+    parse: oneOf(logLevels),
+    doc: "`fatal`, `error`, `warn`, `info`, `debug`, `trace` or `silent`; logs are JSON lines on stdout",
+  }),
+  DATABASE_URL: setting({
+    default: "",
+    parse: postgresUrl,
+    doc: "`postgres://…` to use Postgres; unset uses embedded PGlite in `DATA_DIR`",
+  }),
+  DATABASE_POOL_SIZE: setting({
+    default: "10",
+    parse: int(1, 1000),
+    doc: "Postgres connections per process",
+  }),
+  DATA_DIR: setting({
+    default: "./data",
+    parse: text,
+    doc: "PGlite's data directory (`memory://` keeps it in memory only); one process per directory",
+  }),
+  TLS_CERT: setting({
+    default: "",
+    parse: text,
+    doc: "PEM certificate file; with `TLS_KEY` the port serves TLS, HTTP/2 and HTTP/1.1 by ALPN",
+  }),
+  TLS_KEY: setting({ default: "", parse: text, doc: "PEM private key file for `TLS_CERT`" }),
+  CORS_ORIGINS: setting({
+    default: "",
+    parse: list(origin),
+    doc: "comma-separated exact origins allowed to call from browsers (`*` for any); empty allows none",
+  }),
+  FLOW_TTL: setting({
+    default: "15m",
+    parse: duration(10_000),
+    doc: "how long an auth flow lives",
+  }),
+  SESSION_IDLE_TTL: setting({
+    default: "30d",
+    parse: duration(60_000, Number.MAX_SAFE_INTEGER),
+    doc: "a session ends this long after its last use",
+  }),
+  SESSION_MAX_TTL: setting({
+    default: "180d",
+    parse: duration(60_000, Number.MAX_SAFE_INTEGER),
+    doc: "a session ends this long after login, used or not",
+  }),
+  REGISTRATION: setting({
+    default: "open",
+    parse: oneOf(["open", "closed"]),
+    doc: "`open` or `closed` (`register` is then not offered)",
+  }),
+  ARGON2_MEMORY_KIB: setting({
+    default: "19456",
+    parse: int(8, 4_194_304),
+    doc: "argon2id memory, KiB (at least 8 × `ARGON2_PARALLELISM`)",
+  }),
+  ARGON2_ITERATIONS: setting({ default: "2", parse: int(1, 100), doc: "argon2id passes" }),
+  ARGON2_PARALLELISM: setting({ default: "1", parse: int(1, 16), doc: "argon2id lanes" }),
+  READ_MAX_BYTES: setting({
+    default: "65536",
+    parse: int(1024, 16 * 1024 * 1024),
+    doc: "largest request message accepted",
+  }),
+  SHUTDOWN_GRACE: setting({
+    default: "10s",
+    parse: duration(0),
+    doc: "how long shutdown waits for calls in flight",
+  }),
+  HRPC_STREAM_REQUEST_TIMEOUT: setting({
+    default: "10s",
+    parse: duration(100),
+    doc: "how long an hRPC WebSocket may take to send its request before it is closed",
+  }),
+  FEDERATION: setting({
+    default: "on",
+    parse: oneOf(["on", "off"]),
+    doc: "`on` or `off`: Federate and LoginFederated",
+  }),
+  FEDERATION_ALLOW: setting({
+    default: "",
+    parse: list(serverId({ allowScheme: true })),
+    doc: "comma-separated server IDs; when set, only these are federated with",
+  }),
+  FEDERATION_DENY: setting({
+    default: "",
+    parse: list(serverId({ allowScheme: true })),
+    doc: "comma-separated server IDs never federated with",
+  }),
+  FEDERATION_ALLOW_INSECURE: setting({
+    default: "false",
+    parse: bool,
+    doc: "`true` allows plain http and loopback/private addresses, and makes bare IDs mean `http://` (development and tests only)",
+  }),
+  FEDERATION_KEY_TTL: setting({
+    default: "1d",
+    parse: duration(60_000),
+    doc: "how long a homeserver's fetched key is trusted before it is fetched again",
+  }),
+  FEDERATION_TOKEN_TTL: setting({
+    default: "5m",
+    parse: duration(10_000),
+    doc: "how long after `issued_at` a token is accepted (and how long an untimed one is refused as a replay)",
+  }),
+  FEDERATION_ACCEPT_UNTIMED: setting({
+    default: "true",
+    parse: bool,
+    doc: "accept tokens without `issued_at`, as other Harmony servers issue them",
+  }),
+  FEDERATION_TIMEOUT: setting({
+    default: "5s",
+    parse: duration(100),
+    doc: "timeout for fetching another homeserver's key",
+  }),
+  KEY_ENCRYPTION_KEY: setting({
+    default: "",
+    parse: key32,
+    doc: "32 bytes (base64 or 64 hex digits); when set, the server's private key is stored encrypted with AES-256-GCM",
+  }),
+} as const satisfies Record<string, Setting<unknown>>;
+
+export type SettingName = keyof typeof settings;
+
+/** Every setting's parsed value, by variable name. */
+export type SettingValues = {
+  readonly [K in SettingName]: ReturnType<(typeof settings)[K]["parse"]>;
+};
+
+/** The README's configuration table, generated from {@link settings}. */
+export function settingsTable(): string {
+  const rows = Object.entries(settings).map(([name, s]: [string, Setting<unknown>]) => [
+    `\`${name}\``,
+    s.shownDefault ?? (s.default === "" ? "(unset)" : `\`${s.default}\``),
+    s.doc,
+  ]);
+  const header = ["variable", "default", "meaning"];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: readonly string[]) =>
+    `| ${cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join(" | ")} |`;
+  return [line(header), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n");
+}
+
+const tableStart = "<!-- settings:start (generated by npm run docs from src/settings.ts) -->";
+const tableEnd = "<!-- settings:end -->";
+
+/** `markdown` with the text between the settings markers replaced by {@link settingsTable}. */
+export function replaceSettingsTable(markdown: string): string {
+  const start = markdown.indexOf(tableStart);
+  const end = markdown.indexOf(tableEnd);
+  if (start === -1 || end < start) {
+    throw new Error(`the README has no ${tableStart} … ${tableEnd} markers`);
+  }
+  return `${markdown.slice(0, start + tableStart.length)}\n${settingsTable()}\n${markdown.slice(end)}`;
+}
