@@ -16,10 +16,10 @@ import {
   LogController,
 } from "fastify";
 import type { AppContext } from "../app-context.js";
-import { appliedVersion } from "../db/migrate.js";
 import { hrpcErrors } from "../errors.js";
 import { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
 import { createAuthServiceImpl } from "./auth-service.js";
+import { registerHealthRoutes } from "./health.js";
 import { createHrpcAdapter } from "./hrpc.js";
 import { authInterceptor, errorInterceptor } from "./interceptors.js";
 
@@ -82,20 +82,7 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
     maxAge: 7200,
   });
 
-  app.get("/healthz", async () => ({ status: "ok" }));
-  app.get("/readyz", async (_req, reply) => {
-    if (shutdown.signal.aborted) return reply.code(503).send({ status: "shutting down" });
-    try {
-      const version = await appliedVersion(ctx.db);
-      if (version < ctx.schemaVersion) {
-        return reply.code(503).send({ status: "migrations pending", version });
-      }
-      return { status: "ready", schemaVersion: version };
-    } catch (err) {
-      logger.warn({ err }, "readiness check failed");
-      return reply.code(503).send({ status: "database unreachable" });
-    }
-  });
+  registerHealthRoutes(app, ctx, shutdown.signal);
 
   const { routes, interceptors } = connectRoutes(ctx);
   const routerOptions = {
