@@ -19,7 +19,7 @@ import type { AppContext } from "../app-context.js";
 import { hrpcErrors } from "../errors.js";
 import { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
 import { createAuthServiceImpl } from "./auth-service.js";
-import { registerHealthRoutes } from "./health.js";
+import { healthRoutes } from "./health.js";
 import { createHrpcAdapter } from "./hrpc.js";
 import { authInterceptor, errorInterceptor } from "./interceptors.js";
 
@@ -82,7 +82,7 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
     maxAge: 7200,
   });
 
-  registerHealthRoutes(app, ctx, shutdown.signal);
+  await app.register(healthRoutes(ctx, shutdown.signal));
 
   const { routes, interceptors } = connectRoutes(ctx);
   const routerOptions = {
