@@ -1,18 +1,29 @@
-import { Code, type ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 
 /**
  * A stable error: the Harmony identifier clients branch on, the Connect code,
- * and a message a person can act on. Each feature keeps a table of these.
+ * a message a person can act on, and the HTTP status hRPC answers it with.
+ * Each feature keeps a table of these.
  */
 export interface ErrorSpec {
   readonly identifier: string;
   readonly code: Code;
   readonly message: string;
+  /**
+   * hRPC's HTTP status for this error. Unset means 400, as PROTOCOL.md §7
+   * gives for application (`h.*`) errors; `hrpc.*` errors set their own.
+   */
+  readonly hrpcStatus?: number;
+}
+
+/** The HTTP status hRPC answers an error with. */
+export function hrpcStatusOf(spec: ErrorSpec): number {
+  return spec.hrpcStatus ?? 400;
 }
 
 /**
- * The error domain code throws. The error interceptor turns it into a
- * ConnectError with `spec.code` and an `hrpc.v1.Error` detail carrying
+ * The error domain code throws. The RPC error boundary turns it into the
+ * protocol's error with `spec.code` and an `hrpc.v1.Error` detail carrying
  * `spec.identifier`, so every protocol can report the identifier.
  */
 export class HarmonyError extends Error {
@@ -40,57 +51,73 @@ export class HarmonyError extends Error {
 }
 
 /**
- * hRPC's own identifiers, used where no application identifier fits (errors
- * raised by the transport, and unexpected failures).
+ * hRPC's own identifiers (PROTOCOL.md §7), used for errors of the transport
+ * and for unexpected failures, where no application identifier fits.
  */
 export const hrpcErrors = {
   internal: {
     identifier: "hrpc.internal-server-error",
     code: Code.Internal,
     message: "the server failed to handle this request; it has been logged, try again later",
+    hrpcStatus: 500,
   },
   unavailable: {
     identifier: "hrpc.unavailable",
     code: Code.Unavailable,
     message: "the server is shutting down; reconnect and try again",
+    hrpcStatus: 503,
+  },
+  resourceExhausted: {
+    identifier: "hrpc.resource-exhausted",
+    code: Code.ResourceExhausted,
+    message: "too many requests; wait and try again",
+    hrpcStatus: 429,
+  },
+  requestTooLarge: {
+    identifier: "hrpc.resource-exhausted",
+    code: Code.ResourceExhausted,
+    message: "the request is larger than this server accepts (READ_MAX_BYTES)",
+    hrpcStatus: 429,
+  },
+  notFound: {
+    identifier: "hrpc.not-found",
+    code: Code.NotFound,
+    message: "there is no method at this path",
+    hrpcStatus: 404,
+  },
+  notImplemented: {
+    identifier: "hrpc.not-implemented",
+    code: Code.Unimplemented,
+    message: "this server does not implement that method",
+    hrpcStatus: 501,
+  },
+  badUnaryRequest: {
+    identifier: "hrpc.http.bad-unary-request",
+    code: Code.InvalidArgument,
+    message: "the request is malformed",
+    hrpcStatus: 400,
+  },
+  badStreamingRequest: {
+    identifier: "hrpc.http.bad-streaming-request",
+    code: Code.InvalidArgument,
+    message: "the streaming request is malformed",
+    hrpcStatus: 400,
+  },
+  /** cadenza's own: the client's deadline passed before the call finished. */
+  deadlineExceeded: {
+    identifier: "hrpc.deadline-exceeded",
+    code: Code.DeadlineExceeded,
+    message: "the call took longer than the deadline the client set",
+    hrpcStatus: 504,
+  },
+  /** cadenza's own: the client cancelled the call (it never sees this answer). */
+  canceled: {
+    identifier: "hrpc.canceled",
+    code: Code.Canceled,
+    message: "the call was cancelled by the client",
+    hrpcStatus: 499,
   },
 } as const satisfies Record<string, ErrorSpec>;
-
-/**
- * Whether connect-es rejected a request message that does not decode. It
- * reports that as Internal ("parse binary: …"), but it is the client's mistake.
- */
-export function isUndecodableRequest(err: ConnectError): boolean {
-  return err.code === Code.Internal && err.rawMessage.startsWith("parse binary");
-}
-
-/** hRPC's identifier for a malformed request, unary or streaming. */
-export function badRequestIdentifier(streaming: boolean): string {
-  return streaming ? "hrpc.http.bad-streaming-request" : "hrpc.http.bad-unary-request";
-}
-
-/**
- * The hRPC identifier for a Connect code, for errors that arrive without one
- * (those raised by the Connect runtime itself, such as an undecodable body).
- */
-export function identifierForCode(code: Code): string {
-  switch (code) {
-    case Code.ResourceExhausted:
-      return "hrpc.resource-exhausted";
-    case Code.NotFound:
-      return "hrpc.not-found";
-    case Code.Unimplemented:
-      return "hrpc.not-implemented";
-    case Code.Unavailable:
-      return "hrpc.unavailable";
-    case Code.InvalidArgument:
-    case Code.OutOfRange:
-    case Code.FailedPrecondition:
-      return "hrpc.http.bad-unary-request";
-    default:
-      return "hrpc.internal-server-error";
-  }
-}
 
 /**
  * A condition an operator must fix before cadenza can start (a wrong key, a

@@ -16,7 +16,7 @@ import {
   StreamStepsRequestSchema,
   StreamStepsResponseSchema,
 } from "../src/gen/protocol/auth/v1/auth_pb.js";
-import { hrpcStatus, tokenFromSubprotocols } from "../src/server/hrpc.js";
+import { tokenFromSubprotocols } from "../src/server/hrpc/stream.js";
 import { type RunningServer, startServer } from "../src/server/listener.js";
 import { fastHasher, testConfig } from "./helpers/app.js";
 import { backends, type TestDatabase } from "./helpers/databases.js";
@@ -399,17 +399,4 @@ describe("hRPC helpers", () => {
   ])("reads the session token from subprotocols %j", (offered, token) =>
     expect(tokenFromSubprotocols(offered)).toBe(token),
   );
-
-  it.each([
-    ["hrpc.internal-server-error", 500],
-    ["hrpc.resource-exhausted", 429],
-    ["hrpc.not-found", 404],
-    ["hrpc.not-implemented", 501],
-    ["hrpc.unavailable", 503],
-    ["hrpc.http.bad-unary-request", 400],
-    ["hrpc.http.bad-streaming-request", 400],
-    ["h.bad-auth-id", 400],
-    ["h.federation-disabled", 403],
-    ["h.host-not-allowed", 403],
-  ])("maps %s to HTTP %d", (identifier, status) => expect(hrpcStatus(identifier)).toBe(status));
 });

@@ -58,6 +58,7 @@ export const authErrors = {
     identifier: "hrpc.resource-exhausted",
     code: Code.ResourceExhausted,
     message: "this auth flow has taken too many steps; call BeginAuth to start again",
+    hrpcStatus: 429,
   },
   badCredentials: {
     identifier: "h.bad-password\nh.bad-email",

@@ -10,11 +10,14 @@ export const federationErrors = {
     identifier: "h.federation-disabled",
     code: Code.PermissionDenied,
     message: "federation is disabled on this server",
+    // scherzo answers its two federation-policy errors with 403.
+    hrpcStatus: 403,
   },
   hostNotAllowed: {
     identifier: "h.host-not-allowed",
     code: Code.PermissionDenied,
     message: "federation with that server is not allowed",
+    hrpcStatus: 403,
   },
   /** cadenza's own. */
   invalidServerId: {
@@ -70,5 +73,6 @@ export const federationErrors = {
     identifier: "hrpc.unavailable",
     code: Code.Unavailable,
     message: "the homeserver could not be reached",
+    hrpcStatus: 503,
   },
 } as const satisfies Record<string, ErrorSpec>;

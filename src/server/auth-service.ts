@@ -4,7 +4,7 @@ import type { Flows } from "../auth/flows.js";
 import { HarmonyError } from "../errors.js";
 import type { Federation } from "../federation/federation.js";
 import type { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
-import { sessionKey } from "./interceptors.js";
+import { sessionKey } from "./rpc/interceptors.js";
 import { toAuthStep, toFlowInput } from "./steps.js";
 
 export type AuthServiceDeps = {

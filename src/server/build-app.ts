@@ -1,13 +1,6 @@
+import { setMaxListeners } from "node:events";
 import { createServer as createHttp1Server, type Server as Http1Server } from "node:http";
-import {
-  Code,
-  ConnectError,
-  type ConnectRouter,
-  cors as connectCors,
-  createConnectRouter,
-  type Interceptor,
-} from "@connectrpc/connect";
-import { fastifyConnectPlugin } from "@connectrpc/connect-fastify";
+import { type ConnectRouter, cors as connectCors, type Interceptor } from "@connectrpc/connect";
 import fastifyCors from "@fastify/cors";
 import {
   type FastifyInstance,
@@ -16,12 +9,14 @@ import {
   LogController,
 } from "fastify";
 import type { AppContext } from "../app-context.js";
-import { hrpcErrors } from "../errors.js";
+import { HarmonyError, hrpcErrors } from "../errors.js";
 import { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
 import { createAuthServiceImpl } from "./auth-service.js";
 import { healthRoutes } from "./health.js";
-import { createHrpcAdapter } from "./hrpc.js";
-import { authInterceptor, errorInterceptor } from "./interceptors.js";
+import { createHrpcAdapter } from "./hrpc/adapter.js";
+import { answerUnknownMethod, rpcRoutes } from "./rpc/fastify.js";
+import { authInterceptor, errorInterceptor } from "./rpc/interceptors.js";
+import { createRpcRouter, type RpcService } from "./rpc/router.js";
 
 export interface BuiltApp {
   readonly app: Pick<FastifyInstance, "close">;
@@ -33,37 +28,49 @@ export interface BuiltApp {
   beginShutdown(): void;
 }
 
+/** The services the public port serves. */
+function publicServices(ctx: AppContext): RpcService[] {
+  return [{ service: AuthService, impl: createAuthServiceImpl(ctx) }];
+}
+
+/** The interceptors every call runs through; the error boundary is outermost, so it sees the rest. */
+function interceptors(ctx: AppContext): Interceptor[] {
+  return [errorInterceptor(ctx.logger), authInterceptor(ctx.sessions)];
+}
+
 /**
- * The Connect services and interceptors, shared by the server, its hRPC
- * adapter and by tests that call them in memory through `createRouterTransport`.
+ * The Connect services and interceptors, for tests that call them in memory
+ * through `createRouterTransport`.
  */
 export function connectRoutes(ctx: AppContext): {
   routes: (router: ConnectRouter) => void;
   interceptors: Interceptor[];
 } {
-  const impl = createAuthServiceImpl(ctx);
+  const services = publicServices(ctx);
   return {
     routes(router) {
-      router.service(AuthService, impl);
+      for (const { service, impl } of services) router.service(service, impl);
     },
-    // The error interceptor is outermost, so it also sees the auth interceptor's errors.
-    interceptors: [errorInterceptor(ctx.logger), authInterceptor(ctx.sessions)],
+    interceptors: interceptors(ctx),
   };
 }
 
 /**
- * The Fastify application: CORS, health checks and the Connect router, which
- * serves Connect (JSON and binary), gRPC and gRPC-Web on the same paths.
+ * The Fastify application: CORS, health checks, and the RPC router, which
+ * serves Connect (JSON and binary), gRPC and gRPC-Web on the same paths, with
+ * hRPC in front of it for Harmony's own clients.
  */
 export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
   const { config, logger } = ctx;
   let handler: FastifyServerFactoryHandler | undefined;
   let http1: Http1Server | undefined;
   const shutdown = new AbortController();
+  // Every call in flight listens on it: many more than EventTarget's warning threshold.
+  setMaxListeners(0, shutdown.signal);
 
   const app = fastify({
     loggerInstance: logger,
-    // Calls are logged by cadenza where they fail, not once per request.
+    // Calls are logged by the RPC boundary, not once per request by Fastify.
     logController: new LogController({ disableRequestLogging: true }),
     serverFactory: (h) => {
       handler = h;
@@ -78,27 +85,25 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
     origin: config.corsOrigins.includes("*") ? true : [...config.corsOrigins],
     methods: [...connectCors.allowedMethods],
     allowedHeaders: [...connectCors.allowedHeaders, "Authorization"],
-    exposedHeaders: [...connectCors.exposedHeaders, "hrpc-version"],
+    exposedHeaders: [...connectCors.exposedHeaders, "hrpc-version", "retry-after"],
     maxAge: 7200,
   });
 
   await app.register(healthRoutes(ctx, shutdown.signal));
 
-  const { routes, interceptors } = connectRoutes(ctx);
-  const routerOptions = {
-    interceptors,
+  const router = createRpcRouter(publicServices(ctx), {
+    logger,
+    interceptors: interceptors(ctx),
     readMaxBytes: config.readMaxBytes,
     // No call outlives a flow: StreamSteps ends when its flow expires.
     maxTimeoutMs: config.flowTtlMs + 60_000,
     shutdownSignal: shutdown.signal,
-  };
+  });
 
-  // hRPC goes to the same handlers (see hrpc.ts): unary calls by content type,
-  // before Fastify parses a body it does not know; streams by WebSocket upgrade.
-  const router = createConnectRouter(routerOptions);
-  routes(router);
+  // hRPC goes to the same methods: unary calls by content type, before
+  // Fastify parses a body it does not know; streams by WebSocket upgrade.
   const hrpc = createHrpcAdapter({
-    handlers: router.handlers,
+    methods: router.methods,
     logger,
     readMaxBytes: config.readMaxBytes,
     firstMessageTimeoutMs: config.hrpcStreamRequestTimeoutMs,
@@ -113,8 +118,11 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
     await hrpc.serveUnary(req.raw, reply.raw);
     return reply;
   });
-
-  await app.register(fastifyConnectPlugin, { routes, ...routerOptions });
+  await app.register(rpcRoutes(router, logger));
+  app.setNotFoundHandler(async (request, reply) => {
+    if (await answerUnknownMethod(router, request, reply, logger)) return reply;
+    return reply.code(404).send({ error: "not found", path: request.url.split("?", 1)[0] });
+  });
 
   await app.ready();
   if (!handler || !http1) throw new Error("fastify did not call serverFactory");
@@ -124,7 +132,7 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
     handler,
     http1,
     beginShutdown() {
-      shutdown.abort(new ConnectError(hrpcErrors.unavailable.message, Code.Unavailable));
+      shutdown.abort(new HarmonyError(hrpcErrors.unavailable));
       hrpc.close();
     },
   };

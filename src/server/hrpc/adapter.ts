@@ -1,0 +1,76 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Http2ServerResponse } from "node:http2";
+import type { Duplex } from "node:stream";
+import type { Logger } from "pino";
+import { hrpcErrors } from "../../errors.js";
+import { failureFor, recordFailure } from "../rpc/failure.js";
+import type { RpcMethod } from "../rpc/router.js";
+import { hrpcErrorResponse } from "./errors.js";
+import { claimsUnary, type NodeRequest, pathOf } from "./routing.js";
+import { createHrpcStreams } from "./stream.js";
+import { serveUnary } from "./unary.js";
+
+/**
+ * hRPC v1 (PROTOCOL.md §7) as a thin adapter over the same RPC methods that
+ * serve Connect: an hRPC unary call is handed to the method as a Connect
+ * binary call (the bodies are the same bytes), a WebSocket stream as a
+ * Connect server-stream, so every hRPC call runs through the same boundary,
+ * interceptors, handlers and error table; nothing is implemented twice.
+ */
+export interface HrpcAdapter {
+  /** Whether a request is for hRPC's unary transport. */
+  claims(req: NodeRequest): boolean;
+  serveUnary(req: NodeRequest, res: ServerResponse | Http2ServerResponse): Promise<void>;
+  serveUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** Ends streams still waiting for their request. */
+  close(): void;
+}
+
+export type HrpcAdapterDeps = {
+  readonly methods: ReadonlyMap<string, RpcMethod>;
+  readonly logger: Logger;
+  readonly readMaxBytes: number;
+  /** How long a WebSocket may take to send its request (default 10 s). */
+  readonly firstMessageTimeoutMs?: number;
+  /** How often open streams are pinged (default 30 s). */
+  readonly pingIntervalMs?: number;
+};
+
+export function createHrpcAdapter({
+  methods,
+  logger,
+  readMaxBytes,
+  firstMessageTimeoutMs = 10_000,
+  pingIntervalMs = 30_000,
+}: HrpcAdapterDeps): HrpcAdapter {
+  const streams = createHrpcStreams({
+    methods,
+    logger,
+    readMaxBytes,
+    firstMessageTimeoutMs,
+    pingIntervalMs,
+  });
+  return {
+    claims: (req) => claimsUnary(req, (path) => methods.has(path)),
+    async serveUnary(req, res) {
+      try {
+        await serveUnary(methods, logger, req, res);
+      } catch (err) {
+        const failure = recordFailure(
+          logger,
+          undefined,
+          failureFor(hrpcErrors.internal, undefined, { cause: err }),
+          pathOf(req.url).slice(1, 200),
+        );
+        if (res.headersSent) res.end();
+        else {
+          const { status, headers, body } = hrpcErrorResponse(failure);
+          res.writeHead(status, headers);
+          res.end(body);
+        }
+      }
+    },
+    serveUpgrade: (req, socket, head) => streams.upgrade(req, socket, head),
+    close: () => streams.close(),
+  };
+}

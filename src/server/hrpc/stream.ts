@@ -1,0 +1,190 @@
+import type { IncomingMessage } from "node:http";
+import type { Duplex } from "node:stream";
+import {
+  createAsyncIterable,
+  encodeEnvelope,
+  pipe,
+  transformSplitEnvelope,
+} from "@connectrpc/connect/protocol";
+import { endStreamFlag } from "@connectrpc/connect/protocol-connect";
+import type { Logger } from "pino";
+import { type WebSocket, WebSocketServer } from "ws";
+import { hrpcErrors } from "../../errors.js";
+import { type CallRecord, type Failure, failureFor, recordFailure } from "../rpc/failure.js";
+import type { RpcMethod } from "../rpc/router.js";
+import { encodeHrpcError, hrpcErrorHttpBytes } from "./errors.js";
+import { startPinger } from "./pinger.js";
+import { pathOf, SUBPROTOCOL } from "./routing.js";
+import { connectRequestFor } from "./unary.js";
+
+export interface HrpcStreamOptions {
+  readonly methods: ReadonlyMap<string, RpcMethod>;
+  readonly logger: Logger;
+  readonly readMaxBytes: number;
+  /** How long a WebSocket may take to send its request. */
+  readonly firstMessageTimeoutMs: number;
+  /** How often open streams are pinged. */
+  readonly pingIntervalMs: number;
+}
+
+export interface HrpcStreams {
+  /** Serves an hRPC stream: a WebSocket upgrade on a streaming method's path. */
+  upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** Ends streams still waiting for their request; open streams end through the shutdown signal. */
+  close(): void;
+}
+
+/**
+ * hRPC streams: the WebSocket handshake (refused with an hRPC error body when
+ * it is not one), the wait for the one request message, then the method's
+ * Connect server-stream relayed frame by frame: `0x00` + message, or `0x01` +
+ * `hrpc.v1.Error` from the call's recorded Failure.
+ */
+export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
+  const { methods, logger } = options;
+  const waiting = new Set<WebSocket>();
+  const wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: options.readMaxBytes,
+    perMessageDeflate: false,
+    handleProtocols: (protocols) => (protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
+  });
+  const bad = (message: string) => failureFor(hrpcErrors.badStreamingRequest, message);
+
+  function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer) {
+    const path = pathOf(req.url);
+    const call: CallRecord = { failure: undefined };
+    const refuse = (failure: Failure): void => {
+      socket.end(hrpcErrorHttpBytes(recordFailure(logger, call, failure, path.slice(1, 200))));
+    };
+    const method = methods.get(path);
+    if (!method) {
+      return refuse(failureFor(hrpcErrors.notFound, `no method at ${path.slice(0, 200)}`));
+    }
+    if (method.method.methodKind !== "server_streaming") {
+      return refuse(bad(`${method.method.name} is unary: POST it instead`));
+    }
+    const offered = (req.headers["sec-websocket-protocol"] ?? "")
+      .split(",")
+      .map((p) => p.trim())
+      .filter((p) => p !== "");
+    if (!offered.includes(SUBPROTOCOL)) {
+      return refuse(bad(`offer the WebSocket subprotocol ${SUBPROTOCOL}`));
+    }
+    if (!req.headers["sec-websocket-key"] || req.headers["sec-websocket-version"] !== "13") {
+      return refuse(bad("not a WebSocket handshake (RFC 6455, version 13)"));
+    }
+    const authorization = req.headers.authorization ?? tokenFromSubprotocols(offered);
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      run(ws, req, method, call, authorization).catch((err: unknown) => {
+        recordFailure(
+          logger,
+          call,
+          failureFor(hrpcErrors.internal, undefined, { cause: err }),
+          method.procedure,
+        );
+        ws.terminate();
+      });
+    });
+  }
+
+  /** The request message, or the Failure to end the stream with. */
+  function firstMessage(ws: WebSocket): Promise<Uint8Array | Failure> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(
+        () => resolve(bad(`no request arrived within ${options.firstMessageTimeoutMs} ms`)),
+        options.firstMessageTimeoutMs,
+      );
+      ws.once("message", (data, isBinary) => {
+        clearTimeout(timer);
+        const bytes = Buffer.isBuffer(data)
+          ? data
+          : Array.isArray(data)
+            ? Buffer.concat(data)
+            : Buffer.from(data);
+        resolve(isBinary ? bytes : bad("send the request as one binary message"));
+      });
+      ws.once("close", () => {
+        clearTimeout(timer);
+        resolve(bad("closed before the request"));
+      });
+    });
+  }
+
+  async function run(
+    ws: WebSocket,
+    req: IncomingMessage,
+    method: RpcMethod,
+    call: CallRecord,
+    authorization: string | undefined,
+  ): Promise<void> {
+    const abort = new AbortController();
+    startPinger(ws, options.pingIntervalMs);
+    ws.once("close", () => {
+      waiting.delete(ws);
+      abort.abort();
+    });
+    ws.on("error", (err) => logger.debug({ err }, "hRPC WebSocket error"));
+    const endWith = (failure: Failure, closeCode: number): void => {
+      sendFrame(ws, 1, encodeHrpcError(recordFailure(logger, call, failure, method.procedure)));
+      ws.close(closeCode);
+    };
+
+    waiting.add(ws);
+    const request = await firstMessage(ws);
+    if (!waiting.delete(ws)) return; // closed (or shut down) while waiting
+    if (!(request instanceof Uint8Array)) return endWith(request, 1008);
+
+    const uRes = await method.serve(
+      connectRequestFor(req, {
+        contentType: "application/connect+proto",
+        body: createAsyncIterable([encodeEnvelope(0, request)]),
+        signal: abort.signal,
+        authorization,
+        call,
+      }),
+    );
+    if (uRes.body) {
+      for await (const envelope of pipe(
+        uRes.body,
+        transformSplitEnvelope(Number.MAX_SAFE_INTEGER),
+      )) {
+        if ((envelope.flags & endStreamFlag) === endStreamFlag) break;
+        sendFrame(ws, 0, envelope.data);
+      }
+    }
+    // Every failure is recorded by the boundary; a stream that ended on one sends it.
+    if (call.failure) return endWith(call.failure, 1000);
+    if (uRes.status !== 200) return endWith(failureFor(hrpcErrors.internal), 1011);
+    ws.close(1000);
+  }
+
+  return {
+    upgrade,
+    close() {
+      for (const ws of waiting) {
+        sendFrame(ws, 1, encodeHrpcError(failureFor(hrpcErrors.unavailable)));
+        ws.close(1001);
+      }
+      waiting.clear();
+    },
+  };
+}
+
+/**
+ * The session token a browser put in `Sec-WebSocket-Protocol` (it cannot set
+ * headers on WebSockets): the last subprotocol offered after `hrpc1`.
+ */
+export function tokenFromSubprotocols(offered: readonly string[]): string | undefined {
+  const last = offered.at(-1);
+  return offered.length > 1 && last !== SUBPROTOCOL ? last : undefined;
+}
+
+/** One hRPC stream message: an opcode byte (0 message, 1 error), then the payload. */
+function sendFrame(ws: WebSocket, opcode: 0 | 1, payload: Uint8Array): void {
+  if (ws.readyState !== ws.OPEN) return;
+  const frame = new Uint8Array(payload.length + 1);
+  frame[0] = opcode;
+  frame.set(payload, 1);
+  ws.send(frame, { binary: true });
+}

@@ -1,0 +1,81 @@
+import type { ServerResponse } from "node:http";
+import { createContextValues } from "@connectrpc/connect";
+import type { UniversalServerResponse } from "@connectrpc/connect/protocol";
+import {
+  universalRequestFromNodeRequest,
+  universalResponseToNodeResponse,
+} from "@connectrpc/connect-node";
+import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
+import type { Logger } from "pino";
+import { callRecordKey } from "./failure.js";
+import type { RpcMethod, RpcRouter } from "./router.js";
+
+/**
+ * Hosts the RPC router on Fastify: one route per method path, bodies left
+ * unread for the router to admit, and answers written straight to Node's
+ * response (Connect streams must not pass through Fastify's serialisation).
+ */
+export function rpcRoutes(router: RpcRouter, logger: Logger): FastifyPluginAsync {
+  return async (app) => {
+    // In this plugin's scope only: the router reads every body itself.
+    app.removeAllContentTypeParsers();
+    app.addContentTypeParser("*", (_req, _payload, done) => done(null));
+    for (const method of router.methods.values()) {
+      app.all(method.requestPath, (request, reply) => serve(method, request, reply, logger));
+    }
+  };
+}
+
+/** Writes a router's answer for a path that is no method, or returns false when it has none. */
+export async function answerUnknownMethod(
+  router: RpcRouter,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  logger: Logger,
+): Promise<boolean> {
+  const res = router.unknownMethod(
+    request.url.split("?", 1)[0] ?? "/",
+    request.headers["content-type"] ?? "",
+  );
+  if (!res) return false;
+  reply.hijack();
+  await write(res, reply, logger);
+  return true;
+}
+
+async function serve(
+  method: RpcMethod,
+  request: FastifyRequest,
+  reply: FastifyReply,
+  logger: Logger,
+): Promise<void> {
+  reply.hijack();
+  let uReq: ReturnType<typeof universalRequestFromNodeRequest>;
+  try {
+    uReq = universalRequestFromNodeRequest(
+      request.raw,
+      reply.raw,
+      undefined,
+      createContextValues().set(callRecordKey, { failure: undefined }),
+    );
+  } catch {
+    // The URL cannot be formed from the Host header (or :authority).
+    reply.raw.writeHead(400, { "content-type": "text/plain; charset=utf-8", connection: "close" });
+    reply.raw.end("malformed Host header\n");
+    return;
+  }
+  await write(await method.serve(uReq), reply, logger);
+}
+
+async function write(res: UniversalServerResponse, reply: FastifyReply, logger: Logger) {
+  // Headers set by earlier hooks (CORS) live on the reply, not the raw response.
+  for (const [name, value] of Object.entries(reply.getHeaders())) {
+    if (value !== undefined) reply.raw.setHeader(name, value);
+  }
+  try {
+    await universalResponseToNodeResponse(res, reply.raw as ServerResponse);
+  } catch (err) {
+    // The client went away mid-answer: normal for a stream it closed.
+    logger.debug({ err }, "answer not delivered: the connection closed");
+  }
+}

@@ -1,0 +1,109 @@
+import { getOption, hasOption } from "@bufbuild/protobuf";
+import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
+import { createAsyncIterable } from "@connectrpc/connect/protocol";
+import type { Logger } from "pino";
+import type { AuthenticatedSession, Sessions } from "../../auth/sessions.js";
+import { HarmonyError, hrpcErrors } from "../../errors.js";
+import { metadata } from "../../gen/protocol/harmonytypes/v1/types_pb.js";
+import { callRecordKey, failureOf, recordFailure, toConnectError } from "./failure.js";
+
+/** The caller's session, set by {@link authInterceptor} on methods that require one. */
+export const sessionKey = createContextKey<AuthenticatedSession | undefined>(undefined, {
+  description: "authenticated session",
+});
+
+/**
+ * The session token from an Authorization header: Harmony clients send the raw
+ * token; `Bearer <token>` is accepted too.
+ */
+export function tokenFromAuthorization(value: string | null): string | undefined {
+  if (value === null) return undefined;
+  const trimmed = value.trim();
+  const bearer = /^Bearer\s+(.+)$/i.exec(trimmed);
+  return bearer ? bearer[1] : trimmed;
+}
+
+/**
+ * Authenticates calls to methods whose Harmony metadata option says
+ * `requires_authentication`, and puts the session in the context. Reading the
+ * option (not a list of method names) keeps the rule next to the method.
+ */
+export function authInterceptor(sessions: Pick<Sessions, "authenticate">): Interceptor {
+  return (next) => async (req) => {
+    const required = hasOption(req.method, metadata)
+      ? getOption(req.method, metadata).requiresAuthentication
+      : false;
+    if (required) {
+      const token = tokenFromAuthorization(req.header.get("authorization"));
+      req.contextValues.set(sessionKey, await sessions.authenticate(token));
+    }
+    return next(req);
+  };
+}
+
+/** The one request message of a server-streaming call, read here so its errors are the client's. */
+async function single<T>(messages: AsyncIterable<T>): Promise<T> {
+  const it = messages[Symbol.asyncIterator]();
+  const first = await it.next();
+  const extra = first.done ? first : await it.next();
+  if (first.done || !extra.done) {
+    throw new HarmonyError(hrpcErrors.badStreamingRequest, {
+      message: "a server-streaming call takes exactly one request message",
+    });
+  }
+  return first.value;
+}
+
+/**
+ * Why a call's signal was aborted, when it was: its deadline, the server's
+ * shutdown (both ConnectErrors or HarmonyErrors), or else the client going
+ * away. Whatever a handler throws after that is only a consequence.
+ */
+function abortedBy(signal: AbortSignal): unknown {
+  if (!signal.aborted) return undefined;
+  const reason: unknown = signal.reason;
+  if (reason instanceof ConnectError || reason instanceof HarmonyError) return reason;
+  return new ConnectError("the client went away", Code.Canceled);
+}
+
+/**
+ * The outermost interceptor: everything a handler throws, and everything that
+ * goes wrong reading a streaming request's message, leaves through the
+ * boundary's normaliser (failure.ts), is recorded on the call and logged once.
+ */
+export function errorInterceptor(log: Logger): Interceptor {
+  return (next) => async (req) => {
+    const procedure = `${req.service.typeName}/${req.method.name}`;
+    const streaming = req.method.methodKind !== "unary";
+    const call = req.contextValues.get(callRecordKey);
+    const fail = (err: unknown, origin: "request" | "handler") => {
+      const failure = failureOf(abortedBy(req.signal) ?? err, origin, streaming);
+      return toConnectError(recordFailure(log, call, failure, procedure));
+    };
+    let admitted = req;
+    if (req.stream) {
+      try {
+        admitted = { ...req, message: createAsyncIterable([await single(req.message)]) };
+      } catch (err) {
+        throw fail(err, "request");
+      }
+    }
+    try {
+      const res = await next(admitted);
+      if (!res.stream) return res;
+      const messages = res.message;
+      return {
+        ...res,
+        message: (async function* () {
+          try {
+            yield* messages;
+          } catch (err) {
+            throw fail(err, "handler");
+          }
+        })(),
+      };
+    } catch (err) {
+      throw fail(err, "handler");
+    }
+  };
+}
