@@ -1,3 +1,4 @@
+import { randomBytes } from "node:crypto";
 import { createAppContext, createLogger, openDatabase } from "./app-context.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { migrate } from "./db/migrate.js";
@@ -10,6 +11,8 @@ commands:
   key show      print this server's current public key (base64)
   key rotate    make a new Ed25519 key current; running servers on Postgres switch at once
                 (on embedded PGlite, stop the server first: one process per DATA_DIR)
+  key generate-encryption-key
+                print a fresh random KEY_ENCRYPTION_KEY (32 bytes, base64); touches nothing
 `;
 
 /** Operator commands: `npm run cli -- <command>`, with the server's environment. */
@@ -18,6 +21,10 @@ async function main(argv: readonly string[]): Promise<number> {
   if (command === "" || command === "help" || command === "--help") {
     process.stdout.write(usage);
     return command === "" ? 2 : 0;
+  }
+  if (command === "key generate-encryption-key") {
+    process.stdout.write(`${randomBytes(32).toString("base64")}\n`);
+    return 0;
   }
   if (!["migrate", "key show", "key rotate"].includes(command)) {
     process.stderr.write(`unknown command: ${command}\n${usage}`);

@@ -2,6 +2,7 @@ import { createAppContext, createLogger } from "./app-context.js";
 import { ConfigError, loadConfig } from "./config.js";
 import { StartupError } from "./errors.js";
 import { startServer } from "./server/listener.js";
+import { startupWarnings } from "./startup-checks.js";
 
 /** Starts cadenza from the environment and stops it cleanly on SIGTERM or SIGINT. */
 async function main(): Promise<void> {
@@ -16,6 +17,7 @@ async function main(): Promise<void> {
     throw err;
   }
   const logger = createLogger(config);
+  for (const warning of startupWarnings(config)) logger.warn(warning);
   const ctx = await createAppContext(config, { logger });
   const server = await startServer(ctx);
 

@@ -133,6 +133,29 @@ describe.each(backends)("auth flow on $name", (backend) => {
       });
     });
 
+    it.each([
+      ["login", [text("nul\0@example.org"), bytes("a fine password")], "h.invalid-email"],
+      ["login", [text("someone@example.org"), bytes("pass\0word")], "h.invalid-password"],
+      [
+        "register",
+        [text("a@example.org"), text("nul\0name"), bytes("a fine password")],
+        "h.invalid-username",
+      ],
+    ] as const)(
+      "refuses a NUL character in a %s form with the field's identifier, before the database",
+      async (form, fields, identifier) => {
+        const authId = await openForm(app.client, form);
+        await expectRpcError(
+          submitForm(app.client, authId, [...fields]),
+          Code.InvalidArgument,
+          identifier,
+        );
+        expect((await app.client.nextStep({ authId })).step?.step.value).toMatchObject({
+          title: form,
+        });
+      },
+    );
+
     it("expires a flow after FLOW_TTL", async () => {
       const { client, clock } = app;
       const { authId } = await client.beginAuth({});

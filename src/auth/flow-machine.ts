@@ -1,4 +1,4 @@
-import { HarmonyError } from "../errors.js";
+import { type ErrorSpec, HarmonyError } from "../errors.js";
 import { authErrors } from "./auth-errors.js";
 
 /**
@@ -147,6 +147,27 @@ export function sessionView(userId: bigint, sessionToken: string): StepView {
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 
 /**
+ * The error for a value no account could have, by field: a NUL character (no
+ * Postgres text can hold one) is refused here, with the field's identifier,
+ * rather than by the database.
+ */
+const invalidValue: Readonly<Record<string, ErrorSpec>> = {
+  email: authErrors.invalidEmail,
+  username: authErrors.invalidUsername,
+  password: authErrors.invalidPassword,
+  "new-password": authErrors.invalidPassword,
+};
+
+function checkText(field: FormFieldSpec, index: number, text: string): string {
+  if (text.includes("\0")) {
+    throw new HarmonyError(invalidValue[field.name] ?? authErrors.missingForm, {
+      message: `field ${index + 1} (${field.name}) must not contain a NUL character`,
+    });
+  }
+  return text;
+}
+
+/**
  * Reads the submitted values against the form's fields, by position. Text
  * fields take strings; password fields take UTF-8 bytes (or a string, which
  * carries the same text); number fields take a number or a decimal string, as
@@ -175,15 +196,17 @@ function readForm(
       case "password":
       case "new-password":
         if (value.kind === "bytes") {
+          let decoded: string;
           try {
-            out.set(field.name, utf8.decode(value.value));
+            decoded = utf8.decode(value.value);
           } catch {
             throw new HarmonyError(authErrors.missingForm, {
               message: `field ${i + 1} (${field.name}) must be UTF-8 text`,
             });
           }
+          out.set(field.name, checkText(field, i, decoded));
         } else if (value.kind === "string") {
-          out.set(field.name, value.value);
+          out.set(field.name, checkText(field, i, value.value));
         } else {
           wrongType();
         }
@@ -195,7 +218,7 @@ function readForm(
         } else wrongType();
         break;
       default:
-        if (value.kind === "string") out.set(field.name, value.value);
+        if (value.kind === "string") out.set(field.name, checkText(field, i, value.value));
         else wrongType();
     }
   });

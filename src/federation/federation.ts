@@ -122,6 +122,9 @@ export function createFederation(deps: FederationDeps): Federation {
     if (data.avatar !== undefined && data.avatar.length > MAX_FOREIGN_AVATAR) {
       invalid(`avatar must be at most ${MAX_FOREIGN_AVATAR} characters`);
     }
+    if (data.username.includes("\0") || data.avatar?.includes("\0")) {
+      invalid("username and avatar must not contain a NUL character");
+    }
     return data;
   };
 

@@ -1,0 +1,28 @@
+import { isIP } from "node:net";
+import type { Config } from "./config.js";
+
+/** Whether a listen address only accepts connections from this machine. */
+export function isLoopbackHost(host: string): boolean {
+  const bare = host.startsWith("[") ? host.slice(1, -1) : host;
+  if (bare === "localhost") return true;
+  if (isIP(bare) === 4) return bare.startsWith("127.");
+  if (isIP(bare) === 6) return bare === "::1" || /^::ffff:127\./i.test(bare);
+  return false;
+}
+
+/**
+ * What an operator should hear about at every start: settings that work but
+ * leave the server weaker than it should be, each with what to do.
+ */
+export function startupWarnings(config: Config): string[] {
+  const warnings: string[] = [];
+  if (config.federation.keyEncryptionKey === undefined && !isLoopbackHost(config.host)) {
+    warnings.push(
+      "KEY_ENCRYPTION_KEY is unset, so this server's Ed25519 signing key is stored in the database in clear: " +
+        "anyone who reads a backup or the data directory can sign federation tokens as this homeserver. " +
+        "Generate a key with `npm run cli -- key generate-encryption-key` (in the image: `node dist/cli.js key generate-encryption-key`), " +
+        "set KEY_ENCRYPTION_KEY to it and restart; the key is then encrypted in place.",
+    );
+  }
+  return warnings;
+}

@@ -1,0 +1,42 @@
+import { describe, expect, it } from "vitest";
+import { loadConfig } from "../src/config.js";
+import { key32 } from "../src/setting-parsers.js";
+import { isLoopbackHost, startupWarnings } from "../src/startup-checks.js";
+import { runCli } from "./helpers/process.js";
+
+describe("startup warnings", () => {
+  it.each([
+    ["127.0.0.1", true],
+    ["127.8.9.10", true],
+    ["::1", true],
+    ["[::1]", true],
+    ["localhost", true],
+    ["0.0.0.0", false],
+    ["::", false],
+    ["192.168.1.4", false],
+    ["chat.example.org", false],
+  ])("%s is loopback: %s", (host, loopback) => expect(isLoopbackHost(host)).toBe(loopback));
+
+  it("warns about a plaintext signing key on a non-loopback listener, naming the command", () => {
+    const [warning, ...rest] = startupWarnings(loadConfig({ HOST: "0.0.0.0" }));
+    expect(rest).toEqual([]);
+    expect(warning).toContain("KEY_ENCRYPTION_KEY is unset");
+    expect(warning).toContain("key generate-encryption-key");
+  });
+
+  it("is silent on loopback, or with KEY_ENCRYPTION_KEY set", () => {
+    expect(startupWarnings(loadConfig({}))).toEqual([]);
+    const kek = Buffer.alloc(32, 1).toString("base64");
+    expect(startupWarnings(loadConfig({ HOST: "0.0.0.0", KEY_ENCRYPTION_KEY: kek }))).toEqual([]);
+  });
+
+  it("prints a fresh KEY_ENCRYPTION_KEY that the setting accepts", async () => {
+    const [a, b] = await Promise.all([
+      runCli(["key", "generate-encryption-key"], {}),
+      runCli(["key", "generate-encryption-key"], {}),
+    ]);
+    expect([a.code, b.code]).toEqual([0, 0]);
+    expect(key32(a.stdout.trim())).toHaveLength(32);
+    expect(a.stdout).not.toBe(b.stdout);
+  });
+});
