@@ -4,7 +4,7 @@ import type { Database, Queryable } from "../db/database.js";
 import { HarmonyError } from "../errors.js";
 import { authErrors } from "./auth-errors.js";
 import { randomToken, sha256 } from "./random-ids.js";
-import type { SessionStore } from "./stores.js";
+import type { SessionStore, SessionUser, StoredSession } from "./stores.js";
 
 /** Session tokens are 32 CSPRNG bytes, base64url: 43 characters. */
 const TOKEN_BYTES = 32;
@@ -17,8 +17,16 @@ export const SESSION_CACHE_TTL_MS = 60_000;
 /** At most this many validated sessions are kept in memory. */
 export const SESSION_CACHE_SIZE = 50_000;
 
+/** A valid session, as CheckLoggedIn and Introspect see it. */
 export interface AuthenticatedSession {
   readonly userId: bigint;
+  /** The session's opaque public ID. */
+  readonly sessionId: string;
+  readonly createdAt: number;
+  readonly lastSeenAt: number;
+  /** When it ends unless used again: the earlier of its absolute and idle ends. */
+  readonly expiresAt: number;
+  readonly user: SessionUser;
 }
 
 export interface Sessions {
@@ -39,9 +47,7 @@ export type SessionsDeps = {
   readonly sessionStore: SessionStore;
 };
 
-interface CachedSession {
-  readonly userId: bigint;
-  readonly expiresAt: number;
+interface CachedSession extends Omit<StoredSession, "lastSeenAt"> {
   lastSeenAt: number;
   readonly cachedAt: number;
 }
@@ -65,10 +71,16 @@ export async function createSessions({
   const cache = new Map<string, CachedSession>();
   // Bumped on every announced deletion, so a read that raced one is not cached.
   let deletions = 0;
-  const unlisten = await sessionStore.listenDeletions(db, (hashes) => {
+  const unlistenDeletions = await sessionStore.listenDeletions(db, (hashes) => {
     deletions++;
     if (hashes === "all") cache.clear();
     else for (const hash of hashes) cache.delete(hash);
+  });
+  // A renamed user's cached sessions would still carry the old name.
+  const unlistenUsers = await sessionStore.listenUserChanges(db, (userId) => {
+    deletions++;
+    if (userId === "all") cache.clear();
+    else for (const [key, s] of cache) if (s.userId === userId) cache.delete(key);
   });
   const blank = (message?: string): HarmonyError =>
     new HarmonyError(authErrors.blankSession, message === undefined ? {} : { message });
@@ -113,7 +125,14 @@ export async function createSessions({
         await sessionStore.touch(db, hash, now);
         session.lastSeenAt = now;
       }
-      return { userId: session.userId };
+      return {
+        userId: session.userId,
+        sessionId: session.id,
+        createdAt: session.createdAt,
+        lastSeenAt: session.lastSeenAt,
+        expiresAt: Math.min(session.expiresAt, session.lastSeenAt + config.sessionIdleTtlMs),
+        user: session.user,
+      };
     },
 
     async sweep() {
@@ -121,6 +140,9 @@ export async function createSessions({
       return sessionStore.deleteExpired(db, now, now - config.sessionIdleTtlMs);
     },
 
-    close: unlisten,
+    async close() {
+      await unlistenDeletions();
+      await unlistenUsers();
+    },
   };
 }

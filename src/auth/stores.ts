@@ -80,10 +80,23 @@ export interface UserStore {
 }
 
 export interface StoredSession {
+  /** The session's opaque public ID (never the token or its hash). */
+  readonly id: string;
   readonly userId: bigint;
   readonly createdAt: number;
   readonly lastSeenAt: number;
+  /** The absolute end (SESSION_MAX_TTL after login). */
   readonly expiresAt: number;
+  readonly user: SessionUser;
+}
+
+/** What a session carries of its user, for Introspect. */
+export interface SessionUser {
+  readonly username: string;
+  /** The homeserver of a federated user; null for a local one. */
+  readonly homeserver: string | null;
+  /** A federated user's ID on their homeserver (uint64); 0 for a local one. */
+  readonly foreignUserId: bigint;
 }
 
 export interface SessionStore {
@@ -105,5 +118,13 @@ export interface SessionStore {
   listenDeletions(
     db: Database,
     onDeleted: (hashes: readonly string[] | "all") => void,
+  ): Promise<() => Promise<void>>;
+  /**
+   * Hears of every change to a user that sessions carry (their name), by any
+   * process: the user's ID, or "all" when notifications may have been lost.
+   */
+  listenUserChanges(
+    db: Database,
+    onChanged: (userId: bigint | "all") => void,
   ): Promise<() => Promise<void>>;
 }
