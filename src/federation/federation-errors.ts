@@ -66,9 +66,14 @@ export const federationErrors = {
     code: Code.Unauthenticated,
     message: "this token was already used; get a new one from Federate on your homeserver",
   },
+  /**
+   * One message for every way of failing to reach a homeserver (see
+   * remote-keys.ts): LoginFederated is unauthenticated, and telling failures
+   * apart would tell anyone what a name resolves to and which ports answer.
+   */
   homeserverUnavailable: {
     identifier: "hrpc.unavailable",
     code: Code.Unavailable,
-    message: "the homeserver could not be reached",
+    message: "the homeserver could not be reached; try again later",
   },
 } as const satisfies Record<string, ErrorSpec>;

@@ -1,10 +1,11 @@
+import type { Logger } from "pino";
 import type { Clock } from "../clock.js";
 import type { FederationConfig } from "../config.js";
 import type { Queryable } from "../db/database.js";
 import { HarmonyError } from "../errors.js";
 import { federationErrors } from "./federation-errors.js";
 import { fetchKeyOverHrpc } from "./hrpc-key-client.js";
-import { type CheckedServer, checkServer, resolveServer } from "./server-ids.js";
+import { type CheckedServer, checkServer, type ResolveHost, resolveServer } from "./server-ids.js";
 import type { RemoteKey, RemoteKeyStore } from "./stores.js";
 
 /** A failed verification refetches a homeserver's key at most this often. */
@@ -28,37 +29,51 @@ export interface RemoteKeys {
 export type RemoteKeysDeps = {
   readonly db: Queryable;
   readonly clock: Clock;
+  readonly logger: Logger;
   readonly config: Pick<FederationConfig, "allowInsecure" | "keyTtlMs" | "requestTimeoutMs">;
   readonly remoteKeyStore: RemoteKeyStore;
+  readonly resolveHost: ResolveHost;
 };
 
 /**
  * Other homeservers' public keys, fetched with their Key RPC over hRPC and
  * cached in Postgres. Fetches go only to vetted addresses, with a timeout and
  * a size cap, and never follow redirects.
+ *
+ * LoginFederated is unauthenticated, so a fetch must not be a way to probe
+ * the network: every failure to reach a homeserver (its name does not
+ * resolve or resolves to a refused address, the port is closed or silent,
+ * the answer is not a Key response) is answered with the same
+ * `hrpc.unavailable` and message, and the detail is logged at warn.
  */
-export function createRemoteKeys({
-  db,
-  clock,
-  config,
-  remoteKeyStore,
-}: RemoteKeysDeps): RemoteKeys {
+export function createRemoteKeys(deps: RemoteKeysDeps): RemoteKeys {
+  const { db, clock, logger, config, remoteKeyStore, resolveHost } = deps;
+  const unavailable = () => new HarmonyError(federationErrors.homeserverUnavailable);
+
+  /** Resolves, vets and calls Key; throws a plain Error saying what went wrong, for the log. */
+  const download = async (target: CheckedServer): Promise<Uint8Array> => {
+    const lookup = await resolveServer(target, {
+      allowInsecure: config.allowInsecure,
+      resolveHost,
+    });
+    const key = await fetchKeyOverHrpc(target.baseUrl, {
+      lookup,
+      timeoutMs: config.requestTimeoutMs,
+    });
+    if (key.length !== 32) {
+      throw new Error(`it answered Key with ${key.length} bytes, not a 32-byte Ed25519 key`);
+    }
+    return key;
+  };
+
   const fetchKey = async (target: CheckedServer): Promise<Uint8Array> => {
     const serverId = target.canonical;
-    const lookup = await resolveServer(target, config.allowInsecure);
     let key: Uint8Array;
     try {
-      key = await fetchKeyOverHrpc(target.baseUrl, { lookup, timeoutMs: config.requestTimeoutMs });
+      key = await download(target);
     } catch (err) {
-      throw new HarmonyError(federationErrors.homeserverUnavailable, {
-        message: `could not fetch the public key of ${serverId}: ${(err as Error).message}`,
-        cause: err,
-      });
-    }
-    if (key.length !== 32) {
-      throw new HarmonyError(federationErrors.homeserverUnavailable, {
-        message: `${serverId} answered Key with ${key.length} bytes, not a 32-byte Ed25519 key`,
-      });
+      logger.warn({ serverId, url: target.baseUrl, err }, "could not fetch a homeserver's key");
+      throw unavailable();
     }
     const now = clock.now();
     await remoteKeyStore.put(db, serverId, key, now);

@@ -114,14 +114,6 @@ function hexTail(address: string): string {
   return `${dotted[1]}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
 }
 
-/** Where to reach a homeserver, with the address already vetted. */
-export interface ResolvedServer {
-  readonly canonical: string;
-  readonly baseUrl: string;
-  /** Connects to the vetted address only, so DNS cannot change it between check and use. */
-  readonly lookup: LookupFunction | undefined;
-}
-
 /** A server ID that passed the checks that need no network. */
 export interface CheckedServer {
   readonly canonical: string;
@@ -159,36 +151,53 @@ function refuse(canonical: string, why: string): never {
   });
 }
 
+/** Resolves a host name to every address it has, as `dns.lookup` with `all: true` does. */
+export type ResolveHost = (
+  hostname: string,
+) => Promise<readonly { readonly address: string; readonly family: number }[]>;
+
+/** The system resolver (getaddrinfo: /etc/hosts, then DNS). */
+export const systemResolveHost: ResolveHost = (hostname) => dnsLookup(hostname, { all: true });
+
 /**
- * Resolves a checked server's name and vets every address it resolves to
- * (unless `allowInsecure`); the returned lookup pins the connection to the
- * vetted address, so DNS cannot change it between the check and the use.
+ * Resolves a checked server's name with `resolveHost` and, unless
+ * `allowInsecure`, vets every address it resolves to. The returned lookup
+ * pins the connection to those addresses, so DNS cannot change them between
+ * the check and the use; undefined when the ID is an IP address (vetted by
+ * {@link checkServer}). A failure throws a plain Error that names the host
+ * and addresses, for the log: what resolving learnt must not reach the
+ * caller, or LoginFederated would tell anyone what a name resolves to.
  */
 export async function resolveServer(
   server: CheckedServer,
-  allowInsecure: boolean,
+  options: { allowInsecure: boolean; resolveHost: ResolveHost },
 ): Promise<LookupFunction | undefined> {
-  if (allowInsecure || server.hostname === undefined) return undefined;
-  let addresses: { address: string; family: number }[];
+  if (server.hostname === undefined) return undefined;
+  let addresses: readonly { address: string; family: number }[];
   try {
-    addresses = await dnsLookup(server.hostname, { all: true });
+    addresses = await options.resolveHost(server.hostname);
   } catch (err) {
-    throw new HarmonyError(federationErrors.homeserverUnavailable, {
-      message: `could not resolve ${server.hostname}: ${(err as Error).message}`,
+    throw new Error(`could not resolve ${server.hostname}: ${(err as Error).message}`, {
       cause: err,
     });
   }
   const pinned = addresses[0];
-  const blocked = addresses.find((a) => !isPublicAddress(a.address));
-  if (blocked || !pinned) {
-    refuse(
-      server.canonical,
-      `${server.hostname} resolves to ${blocked?.address ?? "nothing"}, which is not a public address`,
-    );
+  if (!pinned) throw new Error(`${server.hostname} resolves to no address`);
+  if (!options.allowInsecure) {
+    const blocked = addresses.filter((a) => !isPublicAddress(a.address)).map((a) => a.address);
+    if (blocked.length > 0) {
+      throw new Error(
+        `${server.hostname} resolves to ${blocked.join(", ")}, which is not a public address`,
+      );
+    }
   }
-  return (_hostname, options, callback) => {
-    if ((options as { all?: boolean }).all) {
-      (callback as (e: null, a: { address: string; family: number }[]) => void)(null, [pinned]);
+  // Asked for all (as connecting with autoSelectFamily does), it offers every
+  // vetted address, so IPv6 and IPv4 can be tried in turn.
+  return (_hostname, lookupOptions, callback) => {
+    if ((lookupOptions as { all?: boolean }).all) {
+      (callback as (e: null, a: { address: string; family: number }[]) => void)(null, [
+        ...addresses,
+      ]);
     } else {
       callback(null, pinned.address, pinned.family);
     }
