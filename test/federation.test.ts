@@ -14,6 +14,7 @@ import { TokenDataSchema as CadenzaTokenDataSchema } from "../src/gen/cadenza/fe
 import {
   AuthService,
   TokenDataSchema as HarmonyTokenDataSchema,
+  KeyResponseSchema,
 } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import type { Token } from "../src/gen/protocol/harmonytypes/v1/types_pb.js";
 import { type RunningServer, startServer } from "../src/server/listener.js";
@@ -466,7 +467,7 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
       http = await fakeHttp();
       e = await start(
         await open(),
-        { FEDERATION_TIMEOUT: "1s" },
+        { FEDERATION_TIMEOUT: "1s", FEDERATION_MAX_FETCHES: "1" },
         { logger: log.logger, resolveHost },
       );
     });
@@ -488,6 +489,63 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
           { err: { message: expect.stringMatching(detail) } },
         ]);
       }
+    });
+
+    it("remembers a failed fetch for FEDERATION_FETCH_FAILURE_TTL, then fetches again", async () => {
+      const serverId = `remembered.loopback.test:${http.port}`;
+      http.requests = 0;
+      expect(await rpcError(loginOnE(serverId))).toEqual(unavailable);
+      expect(http.requests).toBe(1);
+
+      // The homeserver is back, but within a minute of the failure nobody asks it.
+      const keys = generateKeyPair();
+      http.answer = (res) => {
+        res.writeHead(200, { "content-type": "application/hrpc" });
+        res.end(toBinary(KeyResponseSchema, create(KeyResponseSchema, { key: keys.publicKey })));
+      };
+      e.clock.advance(59_000);
+      expect(await rpcError(loginOnE(serverId))).toEqual(unavailable);
+      expect(http.requests).toBe(1);
+
+      e.clock.advance(1_000);
+      const data = toBinary(
+        HarmonyTokenDataSchema,
+        create(HarmonyTokenDataSchema, { userId: 11n, serverId: e.id, username: "returning" }),
+      );
+      const { session } = await loginOnE(serverId, {
+        sig: sign(data, keys.secretKey),
+        data,
+      } as Token);
+      expect(session?.userId).toBeGreaterThan(0n);
+      expect(http.requests).toBe(2);
+    });
+
+    it("makes one fetch for 20 concurrent logins naming one unknown server", async () => {
+      const serverId = `crowded.loopback.test:${silent.port}`;
+      silent.connections = 0;
+      const answers = await Promise.all(
+        Array.from({ length: 20 }, () => rpcError(loginOnE(serverId))),
+      );
+      for (const answer of answers) expect(answer).toEqual(unavailable);
+      expect(silent.connections).toBe(1);
+      expect(log.warnings(serverId)).toHaveLength(1);
+    });
+
+    it("answers Unavailable at once while FEDERATION_MAX_FETCHES fetches are in flight", async () => {
+      http.requests = 0;
+      const connected = once(silent.server, "connection");
+      let settled = false;
+      const first = rpcError(loginOnE(`slow.loopback.test:${silent.port}`)).finally(() => {
+        settled = true;
+      });
+      await connected;
+      expect(await rpcError(loginOnE(`other.loopback.test:${http.port}`))).toEqual(unavailable);
+      expect(http.requests).toBe(0);
+      expect(settled).toBe(false);
+      expect(await first).toEqual(unavailable);
+      expect(log.warnings(`other.loopback.test:${http.port}`)).toMatchObject([
+        { msg: expect.stringContaining("FEDERATION_MAX_FETCHES") },
+      ]);
     });
   });
 });

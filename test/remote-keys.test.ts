@@ -15,6 +15,7 @@ import { backends, type TestDatabase } from "./helpers/databases.js";
 import { freePort } from "./helpers/server.js";
 
 const TIMEOUT_MS = 300;
+const FAILURE_TTL_MS = 60_000;
 const fixedMessage = federationErrors.homeserverUnavailable.message;
 
 /** A fake homeserver on loopback: counts requests, and answers as each test says. */
@@ -117,7 +118,7 @@ describe.each(backends)("fetching a homeserver's key over hRPC on $name", (backe
     log = capturedLogger();
   });
 
-  const fresh = (config: { allowInsecure?: boolean } = {}) =>
+  const fresh = (config: { allowInsecure?: boolean; maxFetches?: number } = {}) =>
     createRemoteKeys({
       db: database.db,
       clock,
@@ -126,6 +127,8 @@ describe.each(backends)("fetching a homeserver's key over hRPC on $name", (backe
         allowInsecure: config.allowInsecure ?? true,
         keyTtlMs: 86_400_000,
         requestTimeoutMs: TIMEOUT_MS,
+        fetchFailureTtlMs: FAILURE_TTL_MS,
+        maxFetches: config.maxFetches ?? 16,
       },
       remoteKeyStore: createRemoteKeyStore(),
       resolveHost,
@@ -207,5 +210,87 @@ describe.each(backends)("fetching a homeserver's key over hRPC on $name", (backe
       { serverId: id.replace(/^https:\/\//, ""), err: { message: expect.stringMatching(detail) } },
     ]);
     if (given.secure) expect(home.requests).toBe(0);
+  });
+
+  it("remembers a failure for FEDERATION_FETCH_FAILURE_TTL, asking nothing of the network meanwhile", async () => {
+    home.answer = html;
+    const k = fresh();
+    expect(await failure(k.get(home.id))).toEqual(unavailable);
+    expect(home.requests).toBe(1);
+
+    home.answer = validKey;
+    expect(await failure(k.get(home.id))).toEqual(unavailable);
+    clock.advance(FAILURE_TTL_MS - 1);
+    expect(await failure(k.get(home.id))).toEqual(unavailable);
+    expect(home.requests).toBe(1);
+    // The repeats are not logged as fetch failures: only the one fetch is.
+    expect(log.lines.filter((l) => l.level === 40)).toHaveLength(1);
+
+    clock.advance(1);
+    expect((await k.get(home.id)).fresh).toBe(true);
+    expect(home.requests).toBe(2);
+  });
+
+  it("remembers a failure of a refetch too", async () => {
+    home.answer = validKey;
+    const k = fresh();
+    await k.get(home.id);
+    clock.advance(REFETCH_INTERVAL_MS);
+    home.answer = html;
+    expect(await failure(k.refresh(home.id))).toEqual(unavailable);
+    clock.advance(REFETCH_INTERVAL_MS - 1);
+    expect(await failure(k.refresh(home.id))).toEqual(unavailable);
+    expect(home.requests).toBe(2);
+  });
+
+  it("shares one fetch between 20 concurrent callers for one server", async () => {
+    const held: ServerResponse[] = [];
+    home.answer = (res) => held.push(res);
+    const k = fresh();
+    const arrived = once(home.server, "request");
+    const calls = Array.from({ length: 20 }, () => k.get(home.id));
+    await arrived;
+    for (const res of held) validKey(res);
+    home.answer = validKey;
+    const keys = await Promise.all(calls);
+    expect(home.requests).toBe(1);
+    for (const { publicKey, fresh } of keys) {
+      expect([...publicKey]).toEqual(Array(32).fill(7));
+      expect(fresh).toBe(true);
+    }
+  });
+
+  it("shares one failed fetch between 20 concurrent callers, logging it once", async () => {
+    home.answer = () => {};
+    const k = fresh();
+    const answers = await Promise.all(Array.from({ length: 20 }, () => failure(k.get(home.id))));
+    expect(home.requests).toBe(1);
+    for (const answer of answers) expect(answer).toEqual(unavailable);
+    expect(log.lines.filter((l) => l.level === 40)).toHaveLength(1);
+  });
+
+  it("answers Unavailable at once beyond FEDERATION_MAX_FETCHES fetches in flight", async () => {
+    const held: ServerResponse[] = [];
+    home.answer = (res) => held.push(res);
+    const k = fresh({ maxFetches: 2 });
+    const port = home.port;
+    const first = k.get(`a.loopback.test:${port}`);
+    const second = k.get(`b.loopback.test:${port}`);
+    while (home.requests < 2) await once(home.server, "request");
+
+    // Two fetches are in flight: a third server is refused without a request.
+    expect(await failure(k.get(`c.loopback.test:${port}`))).toEqual(unavailable);
+    expect(home.requests).toBe(2);
+    expect(log.lines.some((l) => String(l.msg).includes("FEDERATION_MAX_FETCHES"))).toBe(true);
+    // A server whose fetch is in flight is still served: it joins the fetch.
+    const joined = k.get(`a.loopback.test:${port}`);
+
+    for (const res of held) validKey(res);
+    home.answer = validKey;
+    await Promise.all([first, second, joined]);
+    expect(home.requests).toBe(2);
+    // Being refused for capacity is not remembered as a failure of that server.
+    expect((await k.get(`c.loopback.test:${port}`)).fresh).toBe(true);
+    expect(home.requests).toBe(3);
   });
 });
