@@ -13,6 +13,7 @@ import { loadMigrations, migrate } from "./db/migrate.js";
 import { createStores, type Stores } from "./db/stores.js";
 import { createFederation, type Federation } from "./federation/federation.js";
 import { createRemoteKeys } from "./federation/remote-keys.js";
+import { type ResolveHost, systemResolveHost } from "./federation/server-ids.js";
 import { createServerKeys, type ServerKeys } from "./federation/server-keys.js";
 import { createLifecycle, type Lifecycle } from "./lifecycle.js";
 
@@ -48,6 +49,8 @@ export interface AppOverrides {
   readonly commonPasswords?: ReadonlySet<string>;
   /** Whether background jobs run on their timers (default true; tests run them by hand). */
   readonly background?: boolean;
+  /** Resolves homeservers' names for key fetches (default: the system resolver). */
+  readonly resolveHost?: ResolveHost;
 }
 
 /** How often expired flows, sessions and used federation tokens are deleted. */
@@ -155,8 +158,10 @@ export async function createAppContext(
       remoteKeys: createRemoteKeys({
         db,
         clock,
+        logger,
         config: config.federation,
         remoteKeyStore: stores.remoteKeys,
+        resolveHost: overrides.resolveHost ?? systemResolveHost,
       }),
       sessions,
       usedTokens: stores.usedTokens,

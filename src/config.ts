@@ -69,6 +69,10 @@ export interface FederationConfig {
   readonly acceptUntimed: boolean;
   /** Timeout for calls to other homeservers. */
   readonly requestTimeoutMs: number;
+  /** How long a failed key fetch is remembered, and answered without trying again. */
+  readonly fetchFailureTtlMs: number;
+  /** Most key fetches in flight at once, process-wide. */
+  readonly maxFetches: number;
   /** 32-byte key (AES-256-GCM) the server's private key is encrypted with at rest. */
   readonly keyEncryptionKey: Buffer | undefined;
 }
@@ -166,6 +170,8 @@ function shape(v: SettingValues): Config {
       tokenTtlMs: v.FEDERATION_TOKEN_TTL,
       acceptUntimed: v.FEDERATION_ACCEPT_UNTIMED,
       requestTimeoutMs: v.FEDERATION_TIMEOUT,
+      fetchFailureTtlMs: v.FEDERATION_FETCH_FAILURE_TTL,
+      maxFetches: v.FEDERATION_MAX_FETCHES,
       keyEncryptionKey: v.KEY_ENCRYPTION_KEY,
     }),
   });

@@ -159,6 +159,16 @@ export const settings = {
     parse: duration(100),
     doc: "timeout for fetching another homeserver's key",
   }),
+  FEDERATION_FETCH_FAILURE_TTL: setting({
+    default: "1m",
+    parse: duration(1000),
+    doc: "after a homeserver's key could not be fetched, LoginFederated for it answers `hrpc.unavailable` at once for this long, without trying again",
+  }),
+  FEDERATION_MAX_FETCHES: setting({
+    default: "16",
+    parse: int(1, 1024),
+    doc: "most key fetches in flight at once (one per homeserver, however many logins wait for it); beyond it LoginFederated answers `hrpc.unavailable` at once",
+  }),
   KEY_ENCRYPTION_KEY: setting({
     default: "",
     parse: key32,

@@ -1,21 +1,27 @@
 import { createPublicKey, verify as nodeVerify } from "node:crypto";
+import { once } from "node:events";
+import { createServer as createHttpServer, type ServerResponse } from "node:http";
+import { type AddressInfo, createServer as createNetServer, type Socket } from "node:net";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type Client, Code, createClient } from "@connectrpc/connect";
-import { pino } from "pino";
+import { type Logger, pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type AppContext, createAppContext } from "../src/app-context.js";
 import { generateKeyPair, sign } from "../src/federation/ed25519.js";
+import { federationErrors } from "../src/federation/federation-errors.js";
+import type { ResolveHost } from "../src/federation/server-ids.js";
 import { TokenDataSchema as CadenzaTokenDataSchema } from "../src/gen/cadenza/federation/v1/token_pb.js";
 import {
   AuthService,
   TokenDataSchema as HarmonyTokenDataSchema,
+  KeyResponseSchema,
 } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import type { Token } from "../src/gen/protocol/harmonytypes/v1/types_pb.js";
 import { type RunningServer, startServer } from "../src/server/listener.js";
 import { fastHasher, testConfig } from "./helpers/app.js";
 import { createFakeClock, type FakeClock } from "./helpers/clock.js";
 import { backends, type TestDatabase } from "./helpers/databases.js";
-import { expectRpcError } from "./helpers/errors.js";
+import { expectRpcError, rpcError } from "./helpers/errors.js";
 import { newUser, register } from "./helpers/flow.js";
 import { freePort, transportFactory } from "./helpers/server.js";
 
@@ -34,6 +40,7 @@ const transports = transportFactory();
 async function homeserver(
   database: TestDatabase,
   env: Record<string, string> = {},
+  overrides: { logger?: Logger; resolveHost?: ResolveHost } = {},
 ): Promise<Homeserver> {
   const port = await freePort();
   const id = `127.0.0.1:${port}`;
@@ -50,8 +57,9 @@ async function homeserver(
       db: database.db,
       clock,
       hasher: fastHasher,
-      logger: pino({ level: "silent" }),
+      logger: overrides.logger ?? pino({ level: "silent" }),
       background: false,
+      ...(overrides.resolveHost ? { resolveHost: overrides.resolveHost } : {}),
     },
   );
   const server = await startServer(ctx);
@@ -60,6 +68,78 @@ async function homeserver(
 }
 
 const auth = (token: string) => ({ headers: { authorization: token } });
+
+/** A pino logger whose lines are kept, parsed, for assertions. */
+function capturedLogger() {
+  const lines: Record<string, unknown>[] = [];
+  const logger = pino(
+    { level: "warn" },
+    { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) },
+  );
+  /** The warnings logged about `serverId`. */
+  const warnings = (serverId: string) =>
+    lines.filter((l) => l.level === 40 && l.serverId === serverId);
+  return { logger, lines, warnings };
+}
+
+/** Names resolved without DNS: `*.loopback.test` is 127.0.0.1, anything else does not exist. */
+const resolveHost: ResolveHost = async (hostname) => {
+  if (hostname.endsWith(".loopback.test")) return [{ address: "127.0.0.1", family: 4 }];
+  throw Object.assign(new Error(`getaddrinfo ENOTFOUND ${hostname}`), { code: "ENOTFOUND" });
+};
+
+/** A port on loopback that accepts connections and never answers; counts connections. */
+async function silentPort() {
+  const sockets = new Set<Socket>();
+  const server = createNetServer((socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+  });
+  const counted = { server, connections: 0 };
+  server.on("connection", () => counted.connections++);
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address() as AddressInfo;
+  return Object.assign(counted, {
+    port,
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  });
+}
+
+/** An HTTP server on loopback that counts requests and answers as the test says. */
+async function fakeHttp() {
+  const fake = {
+    requests: 0,
+    answer: (res: ServerResponse): void => {
+      res.writeHead(200, { "content-type": "text/html" });
+      res.end("<html>");
+    },
+  };
+  const server = createHttpServer((_req, res) => {
+    fake.requests++;
+    fake.answer(res);
+  });
+  server.listen(0, "127.0.0.1");
+  await once(server, "listening");
+  const { port } = server.address() as AddressInfo;
+  return Object.assign(fake, {
+    port,
+    close: async () => {
+      server.closeAllConnections();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  });
+}
+
+const unavailable = {
+  code: Code.Unavailable,
+  codeName: "Unavailable",
+  identifier: "hrpc.unavailable",
+  message: federationErrors.homeserverUnavailable.message,
+};
 
 describe.each(backends)("federation between two homeservers on $name", (backend) => {
   const servers: Homeserver[] = [];
@@ -73,8 +153,12 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
     databases.push(db);
     return db;
   };
-  const start = async (database: TestDatabase, env: Record<string, string> = {}) => {
-    const s = await homeserver(database, env);
+  const start = async (
+    database: TestDatabase,
+    env: Record<string, string> = {},
+    overrides: { logger?: Logger; resolveHost?: ResolveHost } = {},
+  ) => {
+    const s = await homeserver(database, env, overrides);
     servers.push(s);
     return s;
   };
@@ -274,7 +358,7 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
       Code.Unavailable,
       "hrpc.unavailable",
     );
-    expect(message).toContain(d.id);
+    expect(message).toBe(federationErrors.homeserverUnavailable.message);
   });
 
   it("lets only local users federate", async () => {
@@ -301,6 +385,9 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
 
   describe("policy", () => {
     let secure: Homeserver | undefined;
+    const secureLog = capturedLogger();
+    const startSecure = async () =>
+      start(await open(), { FEDERATION_ALLOW_INSECURE: "false" }, { logger: secureLog.logger });
 
     it.each([
       [{ FEDERATION: "off" }, Code.PermissionDenied, "h.federation-disabled"],
@@ -324,7 +411,6 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
 
     it.each([
       "127.0.0.1:2289",
-      "localhost:2289",
       "169.254.169.254:80",
       "10.0.0.1:443",
       "172.16.5.4:443",
@@ -333,9 +419,15 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
       "[fd00::1]:443",
       "[fe80::1]:443",
       "[::ffff:127.0.0.1]:443",
+      "[::7f00:1]:443",
+      "[::ffff:0:7f00:1]:443",
+      "[64:ff9b::7f00:1]:443",
+      "[2002:7f00:1::]:443",
+      "192.0.2.1:443",
+      "[100::1]:443",
       "http://chat.example.org:80",
     ])("without FEDERATION_ALLOW_INSECURE refuses %s before connecting", async (target) => {
-      secure ??= await start(await open(), { FEDERATION_ALLOW_INSECURE: "false" });
+      secure ??= await startSecure();
       const token = { sig: new Uint8Array(64), data: new Uint8Array([8, 1]) } as Token;
       const message = await expectRpcError(
         secure.client.loginFederated({ authToken: token, serverId: target }),
@@ -343,6 +435,117 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
         "h.host-not-allowed",
       );
       expect(message).toMatch(/not a public address|plain http/);
+    });
+
+    it("without FEDERATION_ALLOW_INSECURE answers a name that resolves to loopback as unreachable, not saying where it leads", async () => {
+      secure ??= await startSecure();
+      const token = { sig: new Uint8Array(64), data: new Uint8Array([8, 1]) } as Token;
+      // localhost resolves through /etc/hosts, so no DNS query leaves the machine.
+      const answer = await rpcError(
+        secure.client.loginFederated({ authToken: token, serverId: "localhost:2289" }),
+      );
+      expect(answer).toEqual(unavailable);
+      expect(secureLog.warnings("localhost:2289")).toMatchObject([
+        {
+          err: { message: expect.stringMatching(/^localhost resolves to .*not a public address$/) },
+        },
+      ]);
+    });
+  });
+
+  describe("reaching other homeservers", () => {
+    let e: Homeserver;
+    const log = capturedLogger();
+    let silent: Awaited<ReturnType<typeof silentPort>>;
+    let http: Awaited<ReturnType<typeof fakeHttp>>;
+    const token = { sig: new Uint8Array(64), data: new Uint8Array([8, 1]) } as Token;
+    const loginOnE = (serverId: string, authToken: Token = token) =>
+      e.client.loginFederated({ authToken, serverId });
+
+    beforeAll(async () => {
+      silent = await silentPort();
+      http = await fakeHttp();
+      e = await start(
+        await open(),
+        { FEDERATION_TIMEOUT: "1s", FEDERATION_MAX_FETCHES: "1" },
+        { logger: log.logger, resolveHost },
+      );
+    });
+    afterAll(async () => {
+      await silent.close();
+      await http.close();
+    });
+
+    it("answers every failure to reach a homeserver alike, and logs what failed", async () => {
+      const cases: [string, RegExp][] = [
+        ["nowhere.invalid:443", /^could not resolve nowhere\.invalid: getaddrinfo ENOTFOUND/],
+        [`127.0.0.1:${await freePort()}`, /ECONNREFUSED 127\.0\.0\.1/],
+        [`127.0.0.1:${silent.port}`, /^no answer within 1000 ms$/],
+        [`127.0.0.1:${http.port}`, /^it answered with Content-Type text\/html/],
+      ];
+      for (const [serverId, detail] of cases) {
+        expect(await rpcError(loginOnE(serverId)), serverId).toEqual(unavailable);
+        expect(log.warnings(serverId), serverId).toMatchObject([
+          { err: { message: expect.stringMatching(detail) } },
+        ]);
+      }
+    });
+
+    it("remembers a failed fetch for FEDERATION_FETCH_FAILURE_TTL, then fetches again", async () => {
+      const serverId = `remembered.loopback.test:${http.port}`;
+      http.requests = 0;
+      expect(await rpcError(loginOnE(serverId))).toEqual(unavailable);
+      expect(http.requests).toBe(1);
+
+      // The homeserver is back, but within a minute of the failure nobody asks it.
+      const keys = generateKeyPair();
+      http.answer = (res) => {
+        res.writeHead(200, { "content-type": "application/hrpc" });
+        res.end(toBinary(KeyResponseSchema, create(KeyResponseSchema, { key: keys.publicKey })));
+      };
+      e.clock.advance(59_000);
+      expect(await rpcError(loginOnE(serverId))).toEqual(unavailable);
+      expect(http.requests).toBe(1);
+
+      e.clock.advance(1_000);
+      const data = toBinary(
+        HarmonyTokenDataSchema,
+        create(HarmonyTokenDataSchema, { userId: 11n, serverId: e.id, username: "returning" }),
+      );
+      const { session } = await loginOnE(serverId, {
+        sig: sign(data, keys.secretKey),
+        data,
+      } as Token);
+      expect(session?.userId).toBeGreaterThan(0n);
+      expect(http.requests).toBe(2);
+    });
+
+    it("makes one fetch for 20 concurrent logins naming one unknown server", async () => {
+      const serverId = `crowded.loopback.test:${silent.port}`;
+      silent.connections = 0;
+      const answers = await Promise.all(
+        Array.from({ length: 20 }, () => rpcError(loginOnE(serverId))),
+      );
+      for (const answer of answers) expect(answer).toEqual(unavailable);
+      expect(silent.connections).toBe(1);
+      expect(log.warnings(serverId)).toHaveLength(1);
+    });
+
+    it("answers Unavailable at once while FEDERATION_MAX_FETCHES fetches are in flight", async () => {
+      http.requests = 0;
+      const connected = once(silent.server, "connection");
+      let settled = false;
+      const first = rpcError(loginOnE(`slow.loopback.test:${silent.port}`)).finally(() => {
+        settled = true;
+      });
+      await connected;
+      expect(await rpcError(loginOnE(`other.loopback.test:${http.port}`))).toEqual(unavailable);
+      expect(http.requests).toBe(0);
+      expect(settled).toBe(false);
+      expect(await first).toEqual(unavailable);
+      expect(log.warnings(`other.loopback.test:${http.port}`)).toMatchObject([
+        { msg: expect.stringContaining("FEDERATION_MAX_FETCHES") },
+      ]);
     });
   });
 });

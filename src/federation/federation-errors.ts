@@ -69,10 +69,15 @@ export const federationErrors = {
     code: Code.Unauthenticated,
     message: "this token was already used; get a new one from Federate on your homeserver",
   },
+  /**
+   * One message for every way of failing to reach a homeserver (see
+   * remote-keys.ts): LoginFederated is unauthenticated, and telling failures
+   * apart would tell anyone what a name resolves to and which ports answer.
+   */
   homeserverUnavailable: {
     identifier: "hrpc.unavailable",
     code: Code.Unavailable,
-    message: "the homeserver could not be reached",
+    message: "the homeserver could not be reached; try again later",
     hrpcStatus: 503,
   },
 } as const satisfies Record<string, ErrorSpec>;
