@@ -11,10 +11,12 @@ import type { Config } from "./config.js";
 import type { Database } from "./db/database.js";
 import { loadMigrations, migrate } from "./db/migrate.js";
 import { createStores, type Stores } from "./db/stores.js";
+import { type AccountEvents, createAccountEvents } from "./events/account-events.js";
 import { createFederation, type Federation } from "./federation/federation.js";
 import { createRemoteKeys } from "./federation/remote-keys.js";
 import { type ResolveHost, systemResolveHost } from "./federation/server-ids.js";
 import { createServerKeys, type ServerKeys } from "./federation/server-keys.js";
+import { createUserDirectory, type UserDirectory } from "./homeserver/user-directory.js";
 import { createLifecycle, type Lifecycle } from "./lifecycle.js";
 
 /** Everything the server is made of, built once by {@link createAppContext}. */
@@ -31,6 +33,8 @@ export interface AppContext {
   readonly hub: StepHub;
   readonly serverKeys: ServerKeys;
   readonly federation: Federation;
+  readonly events: AccountEvents;
+  readonly directory: UserDirectory;
   /** The schema version this build migrates to; /readyz compares against it. */
   readonly schemaVersion: number;
   /** Background jobs and closers; `lifecycle.runJobs()` runs every job now. */
@@ -127,6 +131,15 @@ export async function createAppContext(
       commonPasswords: overrides.commonPasswords ?? loadCommonPasswords(),
       userStore: stores.users,
     });
+    const events = await createAccountEvents({
+      db,
+      clock,
+      store: stores.accountEvents,
+      retentionMs: config.accountEventRetentionMs,
+    });
+    lifecycle.onClose("account events", () => events.close());
+    lifecycle.job({ name: "events.sweep", everyMs: SWEEP_INTERVAL_MS, run: events.sweep });
+
     const policy: FlowPolicy = { registration: config.registration === "open", otherOptions: [] };
     const hub = await createStepHub({ db, flowStore: stores.flows });
     lifecycle.onClose("step hub", () => hub.close());
@@ -139,6 +152,7 @@ export async function createAppContext(
       hub,
       accounts,
       sessions,
+      events,
     });
     lifecycle.job({ name: "flows.sweep", everyMs: SWEEP_INTERVAL_MS, run: flows.sweep });
 
@@ -166,8 +180,11 @@ export async function createAppContext(
       sessions,
       usedTokens: stores.usedTokens,
       foreignUsers: stores.foreignUsers,
+      events,
     });
     lifecycle.job({ name: "federation.sweep", everyMs: SWEEP_INTERVAL_MS, run: federation.sweep });
+
+    const directory = createUserDirectory({ db, store: stores.directory });
 
     if (overrides.background !== false) lifecycle.start();
     return {
@@ -183,6 +200,8 @@ export async function createAppContext(
       hub,
       serverKeys,
       federation,
+      events,
+      directory,
       schemaVersion: migrations.at(-1)?.version ?? 0,
       lifecycle,
       close: () => lifecycle.close(),

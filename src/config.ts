@@ -4,6 +4,7 @@
  * only module that reads `process.env`.
  */
 
+import { isLoopbackHost } from "./net-address.js";
 import { SettingProblem } from "./setting-parsers.js";
 import {
   type logLevels,
@@ -28,6 +29,13 @@ export interface Argon2Params {
 export interface Config {
   readonly host: string;
   readonly port: number;
+  /** The internal listener, for the homeserver's own services. */
+  readonly internal: {
+    readonly host: string;
+    readonly port: number;
+    /** The bearer token internal calls need; undefined lets every call through (loopback only). */
+    readonly token: string | undefined;
+  };
   /** This homeserver's ID, `domain:port`. */
   readonly serverId: string;
   readonly logLevel: LogLevel;
@@ -51,6 +59,8 @@ export interface Config {
   /** How long an hRPC WebSocket may take to send its request. */
   readonly hrpcStreamRequestTimeoutMs: number;
   readonly federation: FederationConfig;
+  /** How long account events are kept. */
+  readonly accountEventRetentionMs: number;
 }
 
 export interface FederationConfig {
@@ -92,6 +102,10 @@ type Env = Readonly<Record<string, string | undefined>>;
  * variables to change, or undefined.
  */
 const crossChecks: readonly ((v: SettingValues) => string | undefined)[] = [
+  (v) =>
+    !isLoopbackHost(v.INTERNAL_HOST) && v.INTERNAL_TOKEN === undefined
+      ? `INTERNAL_HOST=${v.INTERNAL_HOST} is not a loopback address, so INTERNAL_TOKEN must be set: anyone who can reach the internal port could otherwise introspect sessions and sign tokens as this homeserver`
+      : undefined,
   (v) =>
     (v.TLS_CERT === "") !== (v.TLS_KEY === "")
       ? "TLS_CERT and TLS_KEY: set both (PEM file paths) to serve TLS, or neither"
@@ -137,6 +151,11 @@ function shape(v: SettingValues): Config {
   return Object.freeze({
     host: v.HOST,
     port: v.PORT,
+    internal: Object.freeze({
+      host: v.INTERNAL_HOST,
+      port: v.INTERNAL_PORT,
+      token: v.INTERNAL_TOKEN,
+    }),
     // PORT=0 (any free port) leaves the derived default `localhost:0`, fine for
     // tests that do not federate.
     serverId: v.SERVER_ID ?? `localhost:${v.PORT}`,
@@ -161,6 +180,7 @@ function shape(v: SettingValues): Config {
     readMaxBytes: v.READ_MAX_BYTES,
     shutdownGraceMs: v.SHUTDOWN_GRACE,
     hrpcStreamRequestTimeoutMs: v.HRPC_STREAM_REQUEST_TIMEOUT,
+    accountEventRetentionMs: v.ACCOUNT_EVENT_RETENTION,
     federation: Object.freeze({
       enabled: v.FEDERATION === "on",
       allow: v.FEDERATION_ALLOW,

@@ -8,6 +8,7 @@ import {
   origin,
   type Parser,
   postgresUrl,
+  SettingProblem,
   serverId,
   text,
 } from "./setting-parsers.js";
@@ -40,6 +41,29 @@ export const settings = {
     doc: "address to listen on (`0.0.0.0` in the Docker image)",
   }),
   PORT: setting({ default: "2289", parse: int(0, 65535), doc: "the one port for every protocol" }),
+  INTERNAL_HOST: setting({
+    default: "127.0.0.1",
+    parse: text,
+    doc: "address of the internal listener (HomeserverService, admin API, metrics) for the homeserver's own services; not loopback requires `INTERNAL_TOKEN`",
+  }),
+  INTERNAL_PORT: setting({
+    default: "2290",
+    parse: int(0, 65535),
+    doc: "port of the internal listener; the public port never serves its services",
+  }),
+  INTERNAL_TOKEN: setting({
+    default: "",
+    parse: (value) => {
+      if (value === "") return undefined;
+      if (value.length < 16 || /\s/.test(value)) {
+        throw new SettingProblem(
+          "expected at least 16 characters without spaces (openssl rand -base64 32)",
+        );
+      }
+      return value;
+    },
+    doc: "when set, every internal call needs `Authorization: Bearer <INTERNAL_TOKEN>` (at least 16 characters)",
+  }),
   SERVER_ID: setting({
     default: "",
     shownDefault: "`localhost:<PORT>`",
@@ -168,6 +192,11 @@ export const settings = {
     default: "16",
     parse: int(1, 1024),
     doc: "most key fetches in flight at once (one per homeserver, however many logins wait for it); beyond it LoginFederated answers `hrpc.unavailable` at once",
+  }),
+  ACCOUNT_EVENT_RETENTION: setting({
+    default: "30d",
+    parse: duration(60_000, Number.MAX_SAFE_INTEGER),
+    doc: "how long account events are kept for `StreamAccountEvents` consumers to catch up",
   }),
   KEY_ENCRYPTION_KEY: setting({
     default: "",

@@ -1,7 +1,8 @@
 import { describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.js";
+import { isLoopbackHost } from "../src/net-address.js";
 import { key32 } from "../src/setting-parsers.js";
-import { isLoopbackHost, startupWarnings } from "../src/startup-checks.js";
+import { startupWarnings } from "../src/startup-checks.js";
 import { runCli } from "./helpers/process.js";
 
 describe("startup warnings", () => {

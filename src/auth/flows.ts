@@ -2,6 +2,7 @@ import type { Clock } from "../clock.js";
 import type { Config } from "../config.js";
 import type { Database, Queryable } from "../db/database.js";
 import { HarmonyError, hrpcErrors } from "../errors.js";
+import type { AccountEventData, AccountEvents } from "../events/account-events.js";
 import type { Accounts } from "./accounts.js";
 import { authErrors } from "./auth-errors.js";
 import {
@@ -53,11 +54,12 @@ export type FlowsDeps = {
   readonly hub: StepHub;
   readonly accounts: Accounts;
   readonly sessions: Sessions;
+  readonly events: Pick<AccountEvents, "record">;
 };
 
 /** The auth flow over its store: the machine decides, this module does the I/O. */
 export function createFlows(deps: FlowsDeps): Flows {
-  const { db, clock, config, policy, flowStore, hub, accounts, sessions } = deps;
+  const { db, clock, config, policy, flowStore, hub, accounts, sessions, events } = deps;
 
   const keysFor = (authId: string): FlowKeys => {
     if (authId === "") throw new HarmonyError(authErrors.missingAuthId);
@@ -99,23 +101,28 @@ export function createFlows(deps: FlowsDeps): Flows {
   ): Promise<StepView> => {
     // The slow part (argon2id) runs outside any transaction; the writes then
     // happen in one, which also checks that the flow did not move meanwhile.
-    let writeAccount: (tx: Queryable) => Promise<bigint>;
+    let writeAccount: (tx: Queryable) => Promise<{ userId: bigint; event?: AccountEventData }>;
     if (submission.kind === "login") {
       const login = await accounts.verifyLogin(submission.email, submission.password);
       writeAccount = async (tx) => {
         await accounts.finishLogin(tx, login);
-        return login.userId;
+        return { userId: login.userId };
       };
     } else {
       const prepared = await accounts.prepareRegistration(submission);
-      writeAccount = (tx) => accounts.createAccount(tx, prepared);
+      writeAccount = async (tx) => ({
+        userId: await accounts.createAccount(tx, prepared),
+        event: { kind: "registered", username: prepared.username },
+      });
     }
     return db.transaction(async (tx) => {
-      const userId = await writeAccount(tx);
+      const { userId, event } = await writeAccount(tx);
       const step = sessionView(userId, await sessions.create(tx, userId));
       if (!(await append(tx, keys, flow, flow.state, step))) {
         throw new HarmonyError(authErrors.flowConflict);
       }
+      // Last: recording an event takes the lock that orders events.
+      if (event) await events.record(tx, userId, event);
       return step;
     });
   };

@@ -104,13 +104,18 @@ const toInt8 = (id: bigint): bigint => BigInt.asIntN(64, id);
 export function createForeignUserStore(): ForeignUserStore {
   return {
     async upsert(q, user) {
-      const row = await one<{ id: bigint }>(
+      // The row lock of the existing account (if any) is taken by the CTE, so
+      // the previous name read is the one this statement replaces.
+      const row = await one<{ id: bigint; created: boolean; previous: string | null }>(
         q,
-        `INSERT INTO users (id, username, homeserver, foreign_user_id, avatar, created_at)
+        `WITH previous AS (
+           SELECT username FROM users WHERE homeserver = $3 AND foreign_user_id = $4 FOR UPDATE
+         )
+         INSERT INTO users (id, username, homeserver, foreign_user_id, avatar, created_at)
            VALUES ($1, $2, $3, $4, $5, $6)
            ON CONFLICT (homeserver, foreign_user_id)
            DO UPDATE SET username = EXCLUDED.username, avatar = EXCLUDED.avatar
-           RETURNING id`,
+           RETURNING id, (xmax = 0) AS created, (SELECT username FROM previous) AS previous`,
         [
           user.id,
           user.username,
@@ -120,7 +125,11 @@ export function createForeignUserStore(): ForeignUserStore {
           new Date(user.createdAt),
         ],
       );
-      return row.id;
+      return {
+        id: row.id,
+        created: row.created,
+        previousUsername: row.previous ?? user.username,
+      };
     },
     async profile(q, userId) {
       const row = await maybeOne<{

@@ -1,5 +1,5 @@
 import { mkdir } from "node:fs/promises";
-import { PGlite, type Transaction } from "@electric-sql/pglite";
+import { PGlite, type Transaction, types } from "@electric-sql/pglite";
 import type { Database, NotificationHandlers, Queryable, QueryResult } from "./database.js";
 
 /** `DATA_DIR` value for a database that lives only in memory. */
@@ -24,7 +24,11 @@ function adapt(db: PGlite | Transaction): Queryable {
  */
 export async function createPgliteDatabase(dataDir: string): Promise<Database> {
   if (dataDir !== inMemory) await mkdir(dataDir, { recursive: true });
-  const db = await PGlite.create(dataDir === inMemory ? undefined : dataDir);
+  const db = await PGlite.create(dataDir === inMemory ? undefined : dataDir, {
+    // PGlite reads int8 as a number when it fits one; pg (as configured) always
+    // as a bigint. Callers compare IDs, so both must give bigint.
+    parsers: { [types.INT8]: (value: string) => BigInt(value) },
+  });
   return {
     kind: "pglite",
     ...adapt(db),

@@ -1,10 +1,14 @@
 import type { FlowStore, SessionStore, UserStore } from "../auth/stores.js";
+import type { AccountEventStore } from "../events/account-events.js";
 import type {
   ForeignUserStore,
   RemoteKeyStore,
   ServerKeyStore,
   UsedTokenStore,
 } from "../federation/stores.js";
+import type { DirectoryStore } from "../homeserver/user-directory.js";
+import { createAccountEventStore } from "./account-event-store.js";
+import { createDirectoryStore } from "./directory-store.js";
 import {
   createForeignUserStore,
   createRemoteKeyStore,
@@ -24,6 +28,8 @@ export interface Stores {
   readonly remoteKeys: RemoteKeyStore;
   readonly usedTokens: UsedTokenStore;
   readonly foreignUsers: ForeignUserStore;
+  readonly accountEvents: AccountEventStore;
+  readonly directory: DirectoryStore;
 }
 
 /**
@@ -39,5 +45,7 @@ export function createStores(): Stores {
     remoteKeys: createRemoteKeyStore(),
     usedTokens: createUsedTokenStore(),
     foreignUsers: createForeignUserStore(),
+    accountEvents: createAccountEventStore(),
+    directory: createDirectoryStore(),
   };
 }

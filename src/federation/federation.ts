@@ -7,6 +7,7 @@ import type { Clock } from "../clock.js";
 import type { Config } from "../config.js";
 import { type Database, uniqueViolation } from "../db/database.js";
 import { HarmonyError } from "../errors.js";
+import type { AccountEvents } from "../events/account-events.js";
 import { type TokenData, TokenDataSchema } from "../gen/cadenza/federation/v1/token_pb.js";
 import { canonicalServerId } from "../server-id.js";
 import { sign, verify } from "./ed25519.js";
@@ -32,6 +33,13 @@ export interface Federation {
   key(): Uint8Array;
   /** A token vouching for local user `userId` to the server `target`. */
   federate(userId: bigint, target: string): Promise<SignedToken>;
+  /** `data` signed with this homeserver's current key. */
+  sign(data: Uint8Array): SignedToken;
+  /**
+   * Verifies bytes signed by homeserver `issuer` as LoginFederated does (the
+   * same policy, key fetching and errors); returns them.
+   */
+  verifyToken(issuer: string, token: SignedToken | undefined): Promise<Uint8Array>;
   /** Verifies a token from homeserver `issuer` and opens a session for its user here. */
   loginFederated(
     token: SignedToken | undefined,
@@ -50,6 +58,7 @@ export type FederationDeps = {
   readonly sessions: Pick<Sessions, "create">;
   readonly usedTokens: UsedTokenStore;
   readonly foreignUsers: ForeignUserStore;
+  readonly events: Pick<AccountEvents, "record">;
 };
 
 /**
@@ -58,7 +67,8 @@ export type FederationDeps = {
  * are keyed by their homeserver; a failed signature refetches a rotated key.
  */
 export function createFederation(deps: FederationDeps): Federation {
-  const { db, clock, config, serverKeys, remoteKeys, sessions, usedTokens, foreignUsers } = deps;
+  const { db, clock, config, serverKeys, remoteKeys, sessions, usedTokens, foreignUsers, events } =
+    deps;
   const policy = config.federation;
 
   const assertAllowed = (serverId: string): string => {
@@ -128,8 +138,44 @@ export function createFederation(deps: FederationDeps): Federation {
     return data;
   };
 
+  /**
+   * Checks a token signed by homeserver `issuerText` (policy, then the
+   * signature over the exact bytes received, never a re-serialisation,
+   * refetching the key once when it may have rotated); returns the canonical
+   * issuer and the verified bytes.
+   */
+  const verifySigned = async (
+    token: SignedToken | undefined,
+    issuerText: string,
+  ): Promise<{ issuer: string; data: Uint8Array }> => {
+    if (!policy.enabled) throw new HarmonyError(federationErrors.federationDisabled);
+    if (!token || (token.sig.length === 0 && token.data.length === 0)) {
+      throw new HarmonyError(federationErrors.badToken);
+    }
+    if (token.sig.length !== 64) {
+      throw new HarmonyError(federationErrors.badTokenSignature, {
+        message: `the token's signature is ${token.sig.length} bytes; Ed25519 signatures are 64`,
+      });
+    }
+    const issuer = assertAllowed(issuerText);
+    const { publicKey, fresh } = await remoteKeys.get(issuerText);
+    if (!verify(token.sig, token.data, publicKey)) {
+      const refetched = fresh ? undefined : await remoteKeys.refresh(issuerText);
+      if (!refetched || !verify(token.sig, token.data, refetched)) {
+        throw new HarmonyError(federationErrors.tokenVerifyFailure);
+      }
+    }
+    return { issuer, data: token.data };
+  };
+
   return {
     key: () => serverKeys.current().publicKey,
+
+    sign: (data) => ({ sig: sign(data, serverKeys.current().secretKey), data }),
+
+    async verifyToken(issuer, token) {
+      return (await verifySigned(token, issuer)).data;
+    },
 
     async federate(userId, target) {
       const audience = assertAllowed(target);
@@ -151,26 +197,9 @@ export function createFederation(deps: FederationDeps): Federation {
     },
 
     async loginFederated(token, issuerText) {
-      if (!policy.enabled) throw new HarmonyError(federationErrors.federationDisabled);
-      if (!token || (token.sig.length === 0 && token.data.length === 0)) {
-        throw new HarmonyError(federationErrors.badToken);
-      }
-      if (token.sig.length !== 64) {
-        throw new HarmonyError(federationErrors.badTokenSignature, {
-          message: `the token's signature is ${token.sig.length} bytes; Ed25519 signatures are 64`,
-        });
-      }
-      const issuer = assertAllowed(issuerText);
-
-      // Verify the exact bytes received, never a re-serialisation.
-      const { publicKey, fresh } = await remoteKeys.get(issuerText);
-      if (!verify(token.sig, token.data, publicKey)) {
-        const refetched = fresh ? undefined : await remoteKeys.refresh(issuerText);
-        if (!refetched || !verify(token.sig, token.data, refetched)) {
-          throw new HarmonyError(federationErrors.tokenVerifyFailure);
-        }
-      }
-      const data = decode(token.data);
+      const signed = await verifySigned(token, issuerText);
+      const { issuer } = signed;
+      const data = decode(signed.data);
       if (canonicalServerId(data.serverId) !== config.serverId) {
         throw new HarmonyError(federationErrors.badTokenAudience, {
           message: `this token was issued for ${data.serverId || "no server"}, not for ${config.serverId}`,
@@ -180,7 +209,7 @@ export function createFederation(deps: FederationDeps): Federation {
       const until = acceptableUntil(data, now);
       // Keyed by issuer and data, not signature: a token cannot be replayed
       // under a second encoding of its signature.
-      const tokenHash = sha256(`${issuer}\n${Buffer.from(token.data).toString("base64")}`);
+      const tokenHash = sha256(`${issuer}\n${Buffer.from(signed.data).toString("base64")}`);
 
       for (let attempt = 0; ; attempt++) {
         try {
@@ -188,7 +217,7 @@ export function createFederation(deps: FederationDeps): Federation {
             if (!(await usedTokens.remember(tx, tokenHash, until))) {
               throw new HarmonyError(federationErrors.tokenReplayed);
             }
-            const userId = await foreignUsers.upsert(tx, {
+            const user = await foreignUsers.upsert(tx, {
               id: randomUserId(),
               homeserver: issuer,
               foreignUserId: data.userId,
@@ -196,7 +225,23 @@ export function createFederation(deps: FederationDeps): Federation {
               avatar: data.avatar,
               createdAt: now,
             });
-            return { userId, sessionToken: await sessions.create(tx, userId) };
+            const sessionToken = await sessions.create(tx, user.id);
+            // Last: recording an event takes the lock that orders events.
+            if (user.created) {
+              await events.record(tx, user.id, {
+                kind: "federated_user_created",
+                homeserver: issuer,
+                foreignUserId: data.userId,
+                username: data.username,
+              });
+            } else if (user.previousUsername !== data.username) {
+              await events.record(tx, user.id, {
+                kind: "username_changed",
+                oldUsername: user.previousUsername,
+                username: data.username,
+              });
+            }
+            return { userId: user.id, sessionToken };
           });
         } catch (err) {
           // A new account's random ID collided with an existing one: draw again.

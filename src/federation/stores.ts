@@ -47,7 +47,8 @@ export interface UsedTokenStore {
 export interface ForeignUserStore {
   /**
    * The local account of a homeserver's user, created on first login; the
-   * username and avatar are refreshed each time. When the random ID drawn
+   * username and avatar are refreshed each time (`previousUsername` is the
+   * name before, or the new one for a new account). When the random ID drawn
    * for a new account is taken, the unique violation on users_pkey is thrown.
    */
   upsert(
@@ -60,7 +61,7 @@ export interface ForeignUserStore {
       avatar: string | undefined;
       createdAt: number;
     },
-  ): Promise<bigint>;
+  ): Promise<{ id: bigint; created: boolean; previousUsername: string }>;
   /** A user's profile, for the token their homeserver signs. */
   profile(
     q: Queryable,

@@ -10,10 +10,13 @@ import {
 } from "fastify";
 import type { AppContext } from "../app-context.js";
 import { HarmonyError, hrpcErrors } from "../errors.js";
+import { HomeserverService } from "../gen/cadenza/homeserver/v1/homeserver_pb.js";
 import { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
 import { createAuthServiceImpl } from "./auth-service.js";
 import { healthRoutes } from "./health.js";
+import { createHomeserverServiceImpl } from "./homeserver-service.js";
 import { createHrpcAdapter } from "./hrpc/adapter.js";
+import { internalAuthInterceptor } from "./internal-auth.js";
 import { answerUnknownMethod, rpcRoutes } from "./rpc/fastify.js";
 import { authInterceptor, errorInterceptor } from "./rpc/interceptors.js";
 import { createRpcRouter, type RpcService } from "./rpc/router.js";
@@ -28,32 +31,47 @@ export interface BuiltApp {
   beginShutdown(): void;
 }
 
-/** The services the public port serves. */
-function publicServices(ctx: AppContext): RpcService[] {
-  return [{ service: AuthService, impl: createAuthServiceImpl(ctx) }];
+/** What a listener serves: its services and the interceptors every call there runs through. */
+interface Surface {
+  readonly services: RpcService[];
+  /** Outermost first: the error boundary, so it sees everything the rest throw. */
+  readonly interceptors: Interceptor[];
 }
 
-/** The interceptors every call runs through; the error boundary is outermost, so it sees the rest. */
-function interceptors(ctx: AppContext): Interceptor[] {
-  return [errorInterceptor(ctx.logger), authInterceptor(ctx.sessions)];
-}
-
-/**
- * The Connect services and interceptors, for tests that call them in memory
- * through `createRouterTransport`.
- */
-export function connectRoutes(ctx: AppContext): {
-  routes: (router: ConnectRouter) => void;
-  interceptors: Interceptor[];
-} {
-  const services = publicServices(ctx);
+/** The public port: Harmony's AuthService, for clients and other homeservers. */
+function publicSurface(ctx: AppContext): Surface {
   return {
-    routes(router) {
-      for (const { service, impl } of services) router.service(service, impl);
-    },
-    interceptors: interceptors(ctx),
+    services: [{ service: AuthService, impl: createAuthServiceImpl(ctx) }],
+    interceptors: [errorInterceptor(ctx.logger), authInterceptor(ctx.sessions)],
   };
 }
+
+/** The internal port: the homeserver's own services, behind INTERNAL_TOKEN. */
+function internalSurface(ctx: AppContext): Surface {
+  return {
+    services: [{ service: HomeserverService, impl: createHomeserverServiceImpl(ctx) }],
+    interceptors: [
+      errorInterceptor(ctx.logger),
+      internalAuthInterceptor(ctx.config.internal.token),
+    ],
+  };
+}
+
+const routesOf = (surface: Surface) => ({
+  routes(router: ConnectRouter) {
+    for (const { service, impl } of surface.services) router.service(service, impl);
+  },
+  interceptors: surface.interceptors,
+});
+
+/**
+ * The public port's services and interceptors, for tests that call them in
+ * memory through `createRouterTransport`.
+ */
+export const connectRoutes = (ctx: AppContext) => routesOf(publicSurface(ctx));
+
+/** The same for the internal port. */
+export const internalConnectRoutes = (ctx: AppContext) => routesOf(internalSurface(ctx));
 
 /**
  * The Fastify application: CORS, health checks, and the RPC router, which
@@ -91,9 +109,10 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
 
   await app.register(healthRoutes(ctx, shutdown.signal));
 
-  const router = createRpcRouter(publicServices(ctx), {
+  const surface = publicSurface(ctx);
+  const router = createRpcRouter(surface.services, {
     logger,
-    interceptors: interceptors(ctx),
+    interceptors: surface.interceptors,
     readMaxBytes: config.readMaxBytes,
     // No call outlives a flow: StreamSteps ends when its flow expires.
     maxTimeoutMs: config.flowTtlMs + 60_000,

@@ -4,13 +4,20 @@ import { type AppContext, createAppContext } from "../../src/app-context.js";
 import { createArgon2Hasher, type PasswordHasher } from "../../src/auth/password-hasher.js";
 import { type Config, loadConfig } from "../../src/config.js";
 import type { Database } from "../../src/db/database.js";
+import { HomeserverService } from "../../src/gen/cadenza/homeserver/v1/homeserver_pb.js";
 import { AuthService } from "../../src/gen/protocol/auth/v1/auth_pb.js";
-import { connectRoutes } from "../../src/server/build-app.js";
+import { connectRoutes, internalConnectRoutes } from "../../src/server/build-app.js";
 import { createFakeClock, type FakeClock } from "./clock.js";
 
 /** Configuration for tests: in-memory, any port, quiet. */
 export function testConfig(env: Record<string, string> = {}): Config {
-  return loadConfig({ DATA_DIR: "memory://", PORT: "0", LOG_LEVEL: "silent", ...env });
+  return loadConfig({
+    DATA_DIR: "memory://",
+    PORT: "0",
+    INTERNAL_PORT: "0",
+    LOG_LEVEL: "silent",
+    ...env,
+  });
 }
 
 /** Real argon2id with the smallest parameters, so tests stay fast. */
@@ -42,6 +49,8 @@ export interface TestApp {
   readonly clock: FakeClock;
   /** An AuthService client calling the handlers in memory, through the real interceptors. */
   readonly client: Client<typeof AuthService>;
+  /** A HomeserverService client calling the internal port's handlers in memory. */
+  readonly homeserver: Client<typeof HomeserverService>;
   close(): Promise<void>;
 }
 
@@ -58,7 +67,13 @@ export async function createTestApp(
     logger: pino({ level: "silent" }),
     background: false,
   });
-  const { routes, interceptors } = connectRoutes(ctx);
-  const transport = createRouterTransport(routes, { router: { interceptors } });
-  return { ctx, clock, client: createClient(AuthService, transport), close: () => ctx.close() };
+  const transport = (r: ReturnType<typeof connectRoutes>) =>
+    createRouterTransport(r.routes, { router: { interceptors: r.interceptors } });
+  return {
+    ctx,
+    clock,
+    client: createClient(AuthService, transport(connectRoutes(ctx))),
+    homeserver: createClient(HomeserverService, transport(internalConnectRoutes(ctx))),
+    close: () => ctx.close(),
+  };
 }
