@@ -3,7 +3,7 @@ import { once } from "node:events";
 import { createServer as createHttpServer, type ServerResponse } from "node:http";
 import { type AddressInfo, createServer as createNetServer, type Socket } from "node:net";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { type Client, Code, createClient } from "@connectrpc/connect";
+import { type Client, Code, createClient, createRouterTransport } from "@connectrpc/connect";
 import { type Logger, pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type AppContext, createAppContext } from "../src/app-context.js";
@@ -12,11 +12,16 @@ import { federationErrors } from "../src/federation/federation-errors.js";
 import type { ResolveHost } from "../src/federation/server-ids.js";
 import { TokenDataSchema as CadenzaTokenDataSchema } from "../src/gen/cadenza/federation/v1/token_pb.js";
 import {
+  HomeserverService,
+  type StreamAccountEventsResponse,
+} from "../src/gen/cadenza/homeserver/v1/homeserver_pb.js";
+import {
   AuthService,
   TokenDataSchema as HarmonyTokenDataSchema,
   KeyResponseSchema,
 } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import type { Token } from "../src/gen/protocol/harmonytypes/v1/types_pb.js";
+import { internalConnectRoutes } from "../src/server/build-app.js";
 import { type RunningServer, startServer } from "../src/server/listener.js";
 import { fastHasher, testConfig } from "./helpers/app.js";
 import { createFakeClock, type FakeClock } from "./helpers/clock.js";
@@ -236,6 +241,76 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
       [first.session?.userId],
     );
     expect(rows[0]).toEqual({ username: "renamed-alice", email: null });
+  });
+
+  describe("for the chat server beside B", () => {
+    const internal = (h: Homeserver) => {
+      const { routes, interceptors } = internalConnectRoutes(h.ctx);
+      return createClient(
+        HomeserverService,
+        createRouterTransport(routes, { router: { interceptors } }),
+      );
+    };
+    /** B's account events after `after`, the first `n`. */
+    const eventsOnB = async (after: bigint, n: number) => {
+      const abort = new AbortController();
+      const got: StreamAccountEventsResponse[] = [];
+      for await (const e of internal(b).streamAccountEvents({ after }, { signal: abort.signal })) {
+        got.push(e);
+        if (got.length === n) break;
+      }
+      abort.abort();
+      return got;
+    };
+
+    it("announces a federated user's first login and a later rename as account events", async () => {
+      const { cursor } = await internal(b).getUsers({});
+      const carol = await register(a.client, newUser());
+      const first = await loginOnB(await federate(b.id, carol.sessionToken));
+      await loginOnB(await federate(b.id, carol.sessionToken)); // same name: no event
+      await a.database.db.query("UPDATE users SET username = 'carol-renamed' WHERE id = $1", [
+        carol.userId,
+      ]);
+      await loginOnB(await federate(b.id, carol.sessionToken));
+      const events = await eventsOnB(cursor, 2);
+      expect(events.map((e) => [e.userId, e.event.case])).toEqual([
+        [first.session?.userId, "federatedUserCreated"],
+        [first.session?.userId, "usernameChanged"],
+      ]);
+      expect(events[0]?.event.value).toMatchObject({
+        homeserver: a.id,
+        foreignUserId: carol.userId,
+      });
+      expect(events[1]?.event.value).toMatchObject({ username: "carol-renamed" });
+      const introspected = await internal(b).introspect({
+        sessionToken: first.session?.sessionToken ?? "",
+      });
+      expect(introspected).toMatchObject({ homeserver: a.id, foreignUserId: carol.userId });
+    });
+
+    it("verifies on B what A's SignToken signed, with LoginFederated's errors", async () => {
+      const data = new TextEncoder().encode("guild sync from A's chat server");
+      const { token } = await internal(a).signToken({ data });
+      expect((await internal(b).verifyToken({ serverId: a.id, token })).data).toEqual(data);
+      await expectRpcError(
+        internal(b).verifyToken({
+          serverId: a.id,
+          token: { ...(token as Token), data: tamper(data, 3) },
+        }),
+        Code.Unauthenticated,
+        "h.token-verify-failure",
+      );
+      await expectRpcError(
+        internal(b).verifyToken({ serverId: a.id }),
+        Code.InvalidArgument,
+        "h.bad-token",
+      );
+      await expectRpcError(
+        internal(b).verifyToken({ serverId: b.id, token }),
+        Code.PermissionDenied,
+        "h.host-not-allowed",
+      );
+    });
   });
 
   it("refuses a token meant for another server", async () => {

@@ -104,12 +104,12 @@ const toInt8 = (id: bigint): bigint => BigInt.asIntN(64, id);
 export function createForeignUserStore(): ForeignUserStore {
   return {
     async upsert(q, user) {
-      // The row lock of the existing account (if any) is taken by the CTE, so
-      // the previous name read is the one this statement replaces.
+      // The CTE reads the statement's snapshot, so it sees the name before this
+      // statement's update (with FOR UPDATE it would follow the row to the new one).
       const row = await one<{ id: bigint; created: boolean; previous: string | null }>(
         q,
         `WITH previous AS (
-           SELECT username FROM users WHERE homeserver = $3 AND foreign_user_id = $4 FOR UPDATE
+           SELECT username FROM users WHERE homeserver = $3 AND foreign_user_id = $4
          )
          INSERT INTO users (id, username, homeserver, foreign_user_id, avatar, created_at)
            VALUES ($1, $2, $3, $4, $5, $6)
