@@ -38,6 +38,8 @@ export interface Config {
   readonly databaseConnectTimeoutMs: number;
   /** How long a Postgres statement may take (server- and client-side). */
   readonly databaseQueryTimeoutMs: number;
+  /** How long /readyz waits for the database. */
+  readonly readyTimeoutMs: number;
   /** PGlite's data directory, or `memory://` for a database that lives only in memory. */
   readonly dataDir: string;
   readonly tls: { readonly certFile: string; readonly keyFile: string } | undefined;
@@ -145,6 +147,7 @@ function shape(v: SettingValues): Config {
     databasePoolSize: v.DATABASE_POOL_SIZE,
     databaseConnectTimeoutMs: v.DATABASE_CONNECT_TIMEOUT,
     databaseQueryTimeoutMs: v.DATABASE_QUERY_TIMEOUT,
+    readyTimeoutMs: v.READY_TIMEOUT,
     dataDir: v.DATA_DIR,
     tls:
       v.TLS_CERT !== "" && v.TLS_KEY !== ""

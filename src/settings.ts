@@ -71,6 +71,11 @@ export const settings = {
     parse: duration(100, 3_600_000),
     doc: "longest a Postgres statement may run: the server cancels it, and cadenza stops waiting for a frozen database",
   }),
+  READY_TIMEOUT: setting({
+    default: "2s",
+    parse: duration(100, 60_000),
+    doc: "how long `/readyz` waits for the database before it answers 503",
+  }),
   DATA_DIR: setting({
     default: "./data",
     parse: text,

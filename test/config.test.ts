@@ -15,6 +15,7 @@ describe("loadConfig", () => {
       databasePoolSize: 10,
       databaseConnectTimeoutMs: 5_000,
       databaseQueryTimeoutMs: 10_000,
+      readyTimeoutMs: 2_000,
       dataDir: "./data",
       tls: undefined,
       corsOrigins: [],
@@ -37,6 +38,7 @@ describe("loadConfig", () => {
       DATABASE_URL: "postgres://u@db:5432/cadenza",
       DATABASE_CONNECT_TIMEOUT: "500ms",
       DATABASE_QUERY_TIMEOUT: "30s",
+      READY_TIMEOUT: "1s",
       TLS_CERT: "/c.pem",
       TLS_KEY: "/k.pem",
     });
@@ -48,6 +50,7 @@ describe("loadConfig", () => {
     expect(config).toMatchObject({
       databaseConnectTimeoutMs: 500,
       databaseQueryTimeoutMs: 30_000,
+      readyTimeoutMs: 1_000,
     });
     expect(config.tls).toEqual({ certFile: "/c.pem", keyFile: "/k.pem" });
   });
