@@ -6,6 +6,8 @@ import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WebSocket } from "ws";
 import { type AppContext, createAppContext } from "../src/app-context.js";
+import { isDatabaseUnavailable } from "../src/db/connection-failure.js";
+import { createPostgresDatabase } from "../src/db/postgres.js";
 import { ErrorSchema } from "../src/gen/hrpc/v1/hrpc_pb.js";
 import {
   AuthService,
@@ -103,6 +105,69 @@ describe.skipIf(backend === undefined)("Postgres failing behind a proxy, in proc
   });
 
   const readyz = () => fetch(`${server.url}/readyz`);
+
+  it(
+    "fails a transaction that stalls after one query timeout, without a ROLLBACK, and one stalled in COMMIT as of unknown outcome",
+    async () => {
+      const db = createPostgresDatabase({
+        connectionString: proxy.via(database.url ?? ""),
+        poolSize: 2,
+        connectTimeoutMs: connectMs,
+        queryTimeoutMs: queryMs,
+        logger: pino({ level: "silent" }),
+      });
+      const failure = (err: unknown) => ({
+        unavailable: isDatabaseUnavailable(err),
+        cause: ((err as Error).cause as Error | undefined)?.message,
+      });
+      try {
+        await db.exec("CREATE TABLE probe (id int PRIMARY KEY)");
+        // A ROLLBACK on the stalled connection would wait another query timeout.
+        const midway = await timed(() =>
+          db
+            .transaction(async (tx) => {
+              await tx.query("INSERT INTO probe VALUES (1)");
+              await proxy.fault("stall");
+              await tx.query("INSERT INTO probe VALUES (2)");
+            })
+            .catch(failure),
+        );
+        expect(midway.value).toMatchObject({ unavailable: true });
+        expect(midway.ms).toBeLessThan(queryMs + slackMs);
+        await proxy.restore();
+
+        const commit = await timed(() =>
+          db
+            .transaction(async (tx) => {
+              await tx.query("INSERT INTO probe VALUES (3)");
+              await proxy.fault("stall");
+            })
+            .catch(failure),
+        );
+        expect(commit.value).toEqual({
+          unavailable: true,
+          cause: expect.stringMatching(/during COMMIT: the outcome is unknown/),
+        });
+        expect(commit.ms).toBeLessThan(queryMs + slackMs);
+        await proxy.restore();
+
+        // Resumed, the frozen server reads what was sent before the client gave
+        // up: the cut-off transaction rolls back, and the COMMIT commits. That
+        // is why it is "unknown", never "rolled back".
+        const committed = async () =>
+          (await database.db.query<{ id: number }>("SELECT id FROM probe ORDER BY id")).rows;
+        for (let i = 0; i < 100 && (await committed()).length === 0; i++) {
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+        expect(await committed()).toEqual([{ id: 3 }]);
+        expect((await db.query("SELECT 1 AS ok")).rows).toEqual([{ ok: 1 }]);
+      } finally {
+        await proxy.restore();
+        await db.close();
+      }
+    },
+    2 * (queryMs + slackMs) + 5_000,
+  );
 
   describe.each<Fault>(["cut", "stall", "reset"])("during a %s", (fault) => {
     it(
