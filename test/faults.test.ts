@@ -209,7 +209,10 @@ describe.skipIf(backend === undefined)("Postgres failing behind a proxy, in proc
         const outage = logs.slice(from);
         const errors = outage.filter((l) => l.level >= ERROR);
         expect(errors.map((l) => l.msg)).toEqual(["database unreachable"]);
-        expect(errors[0]?.err).toMatchObject({ message: expect.stringMatching(/\S/) });
+        expect(errors[0]?.cause).toMatchObject({
+          type: "Error",
+          message: expect.stringMatching(/\S/),
+        });
         const recovered = outage.filter((l) => l.msg === "database reachable again");
         expect(recovered).toHaveLength(1);
         expect(recovered[0]?.outageMs).toBeGreaterThan(0);

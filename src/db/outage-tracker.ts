@@ -50,7 +50,8 @@ export function createOutageTracker(
     },
     describe: (err) => describeError(err, scrub),
     failed(err, during) {
-      const details = { err: describeError(err, scrub), during };
+      // Not under `err`: pino would re-serialise it as an Error and lose its type.
+      const details = { cause: describeError(err, scrub), during };
       if (since === undefined) {
         since = now();
         logger.error(details, "database unreachable");

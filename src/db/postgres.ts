@@ -100,7 +100,7 @@ export function createPostgresDatabase(options: PostgresOptions): Database {
   const pool = new pg.Pool(config);
   pool.on("error", (err) => {
     if (isConnectionFailure(err, "query")) tracker.failed(err, "idle connection");
-    else options.logger.warn({ err: tracker.describe(err) }, "idle database connection closed");
+    else options.logger.warn({ cause: tracker.describe(err) }, "idle database connection closed");
   });
   const listeners = new Set<() => Promise<void>>();
 
