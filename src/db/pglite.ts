@@ -1,6 +1,7 @@
 import { chmod, lstat, mkdir, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { PGlite, type Transaction } from "@electric-sql/pglite";
+import { StartupError } from "../errors.js";
 import type { Database, NotificationHandlers, Queryable, QueryResult } from "./database.js";
 
 /** `DATA_DIR` value for a database that lives only in memory. */
@@ -73,7 +74,15 @@ export async function createPgliteDatabase(dataDir: string): Promise<Database> {
 async function openDataDir(dataDir: string): Promise<PGlite> {
   process.umask(process.umask(0o077) | 0o077);
   await mkdir(dataDir, { recursive: true, mode: DATA_DIR_MODE });
-  await chmod(dataDir, DATA_DIR_MODE);
+  try {
+    await chmod(dataDir, DATA_DIR_MODE);
+  } catch (err) {
+    // As Postgres, refuse a data directory that cannot be made private.
+    if ((err as NodeJS.ErrnoException).code !== "EPERM") throw err;
+    throw new StartupError(
+      `DATA_DIR=${dataDir} cannot be made owner-only (0700): it must belong to the user cadenza runs as`,
+    );
+  }
   const db = await PGlite.create(dataDir);
   try {
     await restrictTree(dataDir);
