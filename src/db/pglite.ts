@@ -95,15 +95,19 @@ async function openDataDir(dataDir: string): Promise<PGlite> {
 
 /** Sets every folder under `dir` to 0700 and every file to 0600; symlinks are left alone. */
 async function restrictTree(dir: string): Promise<void> {
-  for (const entry of await readdir(dir, { withFileTypes: true })) {
-    const path = join(dir, entry.name);
-    if (entry.isDirectory()) {
-      await setMode(path, DATA_DIR_MODE);
-      await restrictTree(path);
-    } else if (entry.isFile()) {
-      await setMode(path, DATA_FILE_MODE);
-    }
-  }
+  // Concurrently: about a thousand files, on the start-up path.
+  const entries = await readdir(dir, { withFileTypes: true });
+  await Promise.all(
+    entries.map(async (entry) => {
+      const path = join(dir, entry.name);
+      if (entry.isDirectory()) {
+        await setMode(path, DATA_DIR_MODE);
+        await restrictTree(path);
+      } else if (entry.isFile()) {
+        await setMode(path, DATA_FILE_MODE);
+      }
+    }),
+  );
 }
 
 async function setMode(path: string, mode: number): Promise<void> {
