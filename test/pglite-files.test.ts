@@ -1,4 +1,4 @@
-import { lstatSync, mkdtempSync, readdirSync } from "node:fs";
+import { lstatSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
@@ -77,6 +77,13 @@ function recordCreations(root: string) {
 }
 
 describe("PGlite's data directory on disk", () => {
+  const made: string[] = [];
+  /** A data directory path that does not exist yet, in a fresh folder removed afterwards. */
+  const freshDataDir = (): string => {
+    const parent = mkdtempSync(join(tmpdir(), "cadenza-modes-"));
+    made.push(parent);
+    return join(parent, "data");
+  };
   let umask: number;
   beforeAll(() => {
     umask = process.umask();
@@ -87,10 +94,11 @@ describe("PGlite's data directory on disk", () => {
   });
   afterAll(() => {
     process.umask(umask);
+    for (const dir of made) rmSync(dir, { recursive: true, force: true });
   });
 
   it("is owner-only under umask 000: after registering, after a restart, and for every file made later, WAL included", async () => {
-    const root = join(mkdtempSync(join(tmpdir(), "cadenza-modes-")), "data");
+    const root = freshDataDir();
     const recording = recordCreations(root);
     try {
       let db = await createPgliteDatabase(root);
@@ -128,7 +136,7 @@ describe("PGlite's data directory on disk", () => {
   });
 
   it("is made owner-only when opened, if an older version left it readable", async () => {
-    const root = join(mkdtempSync(join(tmpdir(), "cadenza-modes-")), "data");
+    const root = freshDataDir();
     const older = await PGlite.create(root);
     await older.exec("CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
     await older.close();
