@@ -77,7 +77,14 @@ export function createLogger(config: Pick<Config, "logLevel">): Logger {
 
 /** Opens the configured database: Postgres when DATABASE_URL is set, else PGlite. */
 export async function openDatabase(
-  config: Pick<Config, "databaseUrl" | "databasePoolSize" | "dataDir">,
+  config: Pick<
+    Config,
+    | "databaseUrl"
+    | "databasePoolSize"
+    | "databaseConnectTimeoutMs"
+    | "databaseQueryTimeoutMs"
+    | "dataDir"
+  >,
   logger: Logger,
 ): Promise<Database> {
   // Only the driver in use is loaded: start-up time is measured (BENCHMARKS.md, row 7).
@@ -86,8 +93,9 @@ export async function openDatabase(
     return createPostgresDatabase({
       connectionString: config.databaseUrl,
       poolSize: config.databasePoolSize,
-      statementTimeoutMs: 30_000,
-      onError: (err, what) => logger.error({ err }, `${what} failed`),
+      connectTimeoutMs: config.databaseConnectTimeoutMs,
+      queryTimeoutMs: config.databaseQueryTimeoutMs,
+      logger,
     });
   }
   const { createPgliteDatabase } = await import("./db/pglite.js");

@@ -42,6 +42,12 @@ export interface Config {
   /** Postgres connection string; undefined selects embedded PGlite in `dataDir`. */
   readonly databaseUrl: string | undefined;
   readonly databasePoolSize: number;
+  /** How long opening a Postgres connection, or waiting for a pooled one, may take. */
+  readonly databaseConnectTimeoutMs: number;
+  /** How long a Postgres statement may take (server- and client-side). */
+  readonly databaseQueryTimeoutMs: number;
+  /** How long /readyz waits for the database. */
+  readonly readyTimeoutMs: number;
   /** PGlite's data directory, or `memory://` for a database that lives only in memory. */
   readonly dataDir: string;
   readonly tls: { readonly certFile: string; readonly keyFile: string } | undefined;
@@ -162,6 +168,9 @@ function shape(v: SettingValues): Config {
     logLevel: v.LOG_LEVEL,
     databaseUrl: v.DATABASE_URL,
     databasePoolSize: v.DATABASE_POOL_SIZE,
+    databaseConnectTimeoutMs: v.DATABASE_CONNECT_TIMEOUT,
+    databaseQueryTimeoutMs: v.DATABASE_QUERY_TIMEOUT,
+    readyTimeoutMs: v.READY_TIMEOUT,
     dataDir: v.DATA_DIR,
     tls:
       v.TLS_CERT !== "" && v.TLS_KEY !== ""

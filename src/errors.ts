@@ -117,6 +117,17 @@ export const hrpcErrors = {
     message: "the call was cancelled by the client",
     hrpcStatus: 499,
   },
+  /**
+   * The database could not be reached, or did not answer in time. Thrown by
+   * the db layer (src/db/connection-failure.ts) with the driver's error as
+   * `cause`, which is never sent: it may name hosts and users.
+   */
+  databaseUnavailable: {
+    identifier: "hrpc.unavailable",
+    code: Code.Unavailable,
+    message: "the server cannot reach its database right now; try again in a few seconds",
+    hrpcStatus: 503,
+  },
 } as const satisfies Record<string, ErrorSpec>;
 
 /**

@@ -85,6 +85,21 @@ export const settings = {
     parse: int(1, 1000),
     doc: "Postgres connections per process",
   }),
+  DATABASE_CONNECT_TIMEOUT: setting({
+    default: "5s",
+    parse: duration(100, 600_000),
+    doc: "how long getting a Postgres connection (a new one, or a free one from the pool) may take before a call fails",
+  }),
+  DATABASE_QUERY_TIMEOUT: setting({
+    default: "10s",
+    parse: duration(100, 3_600_000),
+    doc: "longest a Postgres statement may run: the server cancels it, and cadenza stops waiting for a frozen database",
+  }),
+  READY_TIMEOUT: setting({
+    default: "2s",
+    parse: duration(100, 60_000),
+    doc: "how long `/readyz` waits for the database before it answers 503",
+  }),
   DATA_DIR: setting({
     default: "./data",
     parse: text,

@@ -13,6 +13,9 @@ describe("loadConfig", () => {
       logLevel: "info",
       databaseUrl: undefined,
       databasePoolSize: 10,
+      databaseConnectTimeoutMs: 5_000,
+      databaseQueryTimeoutMs: 10_000,
+      readyTimeoutMs: 2_000,
       dataDir: "./data",
       tls: undefined,
       corsOrigins: [],
@@ -33,6 +36,9 @@ describe("loadConfig", () => {
       REGISTRATION: "closed",
       FLOW_TTL: "90s",
       DATABASE_URL: "postgres://u@db:5432/cadenza",
+      DATABASE_CONNECT_TIMEOUT: "500ms",
+      DATABASE_QUERY_TIMEOUT: "30s",
+      READY_TIMEOUT: "1s",
       TLS_CERT: "/c.pem",
       TLS_KEY: "/k.pem",
     });
@@ -41,6 +47,11 @@ describe("loadConfig", () => {
     expect(config.registration).toBe("closed");
     expect(config.flowTtlMs).toBe(90_000);
     expect(config.databaseUrl).toBe("postgres://u@db:5432/cadenza");
+    expect(config).toMatchObject({
+      databaseConnectTimeoutMs: 500,
+      databaseQueryTimeoutMs: 30_000,
+      readyTimeoutMs: 1_000,
+    });
     expect(config.tls).toEqual({ certFile: "/c.pem", keyFile: "/k.pem" });
   });
 

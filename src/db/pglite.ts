@@ -1,9 +1,19 @@
-import { mkdir } from "node:fs/promises";
-import { PGlite, type Transaction, types } from "@electric-sql/pglite";
+import { chmod, lstat, mkdir, readdir } from "node:fs/promises";
+import { join } from "node:path";
+import { PGlite, type PGliteOptions, type Transaction, types } from "@electric-sql/pglite";
+import { StartupError } from "../errors.js";
 import type { Database, NotificationHandlers, Queryable, QueryResult } from "./database.js";
 
 /** `DATA_DIR` value for a database that lives only in memory. */
 export const inMemory = "memory://";
+
+/**
+ * Modes for everything in a data directory: owner only. It holds password
+ * hashes, session hashes and the server's signing key, and the WAL holds them
+ * too.
+ */
+export const DATA_DIR_MODE = 0o700;
+export const DATA_FILE_MODE = 0o600;
 
 function adapt(db: PGlite | Transaction): Queryable {
   return {
@@ -21,14 +31,11 @@ function adapt(db: PGlite | Transaction): Queryable {
  * A Database on embedded PGlite: real Postgres compiled to WebAssembly, in this
  * process. PGlite runs one query at a time, so a transaction holds the whole
  * database until it ends; `LISTEN/NOTIFY` works within the process.
+ * A data directory on disk is kept owner-only (see {@link openDataDir}).
  */
 export async function createPgliteDatabase(dataDir: string): Promise<Database> {
-  if (dataDir !== inMemory) await mkdir(dataDir, { recursive: true });
-  const db = await PGlite.create(dataDir === inMemory ? undefined : dataDir, {
-    // PGlite reads int8 as a number when it fits one; pg (as configured) always
-    // as a bigint. Callers compare IDs, so both must give bigint.
-    parsers: { [types.INT8]: (value: string) => BigInt(value) },
-  });
+  const db: PGlite =
+    dataDir === inMemory ? await PGlite.create(options) : await openDataDir(dataDir);
   return {
     kind: "pglite",
     ...adapt(db),
@@ -42,4 +49,79 @@ export async function createPgliteDatabase(dataDir: string): Promise<Database> {
       await db.close();
     },
   };
+}
+
+/**
+ * Opens PGlite on `dataDir` so that nothing in it is readable by other users,
+ * whatever the umask. PGlite writes through Emscripten's NODEFS, which
+ * creates every file with `fs.writeFileSync(path, "", { mode: 0o777 })` and
+ * every folder with `fs.mkdirSync(path, 0o777)`, leaving the umask to decide,
+ * and then `chmod`s files to the mode Postgres asked for. That gives three
+ * gaps, each closed here:
+ *
+ * 1. The folder itself: created 0700, and set to 0700 if it existed, before
+ *    PGlite starts, so nobody else can reach anything inside even for a moment.
+ * 2. The instant between creating a file and its chmod, when it has the
+ *    umask's mode (0777 under umask 000): a reader who opens it then keeps
+ *    reading it, WAL included. So the umask gets 077 added, for the rest of
+ *    the process, since PGlite creates files (WAL segments, relations) for as
+ *    long as it runs; cadenza writes no other files. Node reads the umask per
+ *    call, so this covers files created later too.
+ * 3. initdb `chmod`s its ~970 files to 0666, which no umask limits, and WAL
+ *    segments are recycled by renaming old ones, keeping their mode. Folders
+ *    made by older versions of cadenza are 0755 or 0777. So once PGlite is
+ *    open, every file is set to 0600 and every folder to 0700.
+ */
+const options: PGliteOptions = {
+  // PGlite reads int8 as a number when it fits one; pg (as configured) always
+  // as a bigint. Callers compare IDs, so both must give bigint.
+  parsers: { [types.INT8]: (value: string) => BigInt(value) },
+};
+
+async function openDataDir(dataDir: string): Promise<PGlite> {
+  process.umask(process.umask(0o077) | 0o077);
+  await mkdir(dataDir, { recursive: true, mode: DATA_DIR_MODE });
+  try {
+    await chmod(dataDir, DATA_DIR_MODE);
+  } catch (err) {
+    // As Postgres, refuse a data directory that cannot be made private.
+    if ((err as NodeJS.ErrnoException).code !== "EPERM") throw err;
+    throw new StartupError(
+      `DATA_DIR=${dataDir} cannot be made owner-only (0700): it must belong to the user cadenza runs as`,
+    );
+  }
+  const db = await PGlite.create(dataDir, options);
+  try {
+    await restrictTree(dataDir);
+  } catch (err) {
+    await db.close();
+    throw err;
+  }
+  return db;
+}
+
+/** Sets every folder under `dir` to 0700 and every file to 0600; symlinks are left alone. */
+async function restrictTree(dir: string): Promise<void> {
+  // Concurrently: about a thousand files, on the start-up path.
+  const entries = await readdir(dir, { withFileTypes: true });
+  await Promise.all(
+    entries.map(async (entry) => {
+      const path = join(dir, entry.name);
+      if (entry.isDirectory()) {
+        await setMode(path, DATA_DIR_MODE);
+        await restrictTree(path);
+      } else if (entry.isFile()) {
+        await setMode(path, DATA_FILE_MODE);
+      }
+    }),
+  );
+}
+
+async function setMode(path: string, mode: number): Promise<void> {
+  try {
+    if (((await lstat(path)).mode & 0o777) !== mode) await chmod(path, mode);
+  } catch (err) {
+    // PGlite may remove a file it no longer needs (a temporary one) meanwhile.
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+  }
 }

@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import pg from "pg";
+import { pino } from "pino";
 import type { Database } from "../../src/db/database.js";
 import { migrate } from "../../src/db/migrate.js";
 import { createPgliteDatabase, inMemory } from "../../src/db/pglite.js";
@@ -64,7 +65,9 @@ const postgres: TestBackend = {
     const db = createPostgresDatabase({
       connectionString: url,
       poolSize: 10,
-      onError: () => {},
+      connectTimeoutMs: 5_000,
+      queryTimeoutMs: 10_000,
+      logger: pino({ level: "silent" }),
     });
     if (options.migrate !== false) await migrate(db);
     return wrap(db, url, async () => {

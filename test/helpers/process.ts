@@ -54,7 +54,8 @@ export async function startServerProcess(env: Record<string, string>): Promise<S
     child,
     logs,
     async stop() {
-      if (child.exitCode !== null) return child.exitCode;
+      // Already exited (or killed by a signal, which leaves exitCode null).
+      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
       const exited = once(child, "exit");
       child.kill("SIGTERM");
       const [code] = (await exited) as [number | null];
