@@ -1,6 +1,6 @@
 import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync } from "node:fs";
-import { createServer } from "node:net";
+import { createServer, connect as netConnect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Transport } from "@connectrpc/connect";
@@ -28,12 +28,26 @@ export const protocols: readonly ProtocolName[] = [
 /**
  * Makes a transport for `protocol` to `baseUrl`. HTTP/2 sessions go through
  * managers the caller must abort (`closeAll`), or the test run hangs.
+ * `localAddress` (cleartext only) is the loopback address to connect from, so
+ * a proxy's X-Forwarded-For can be told apart from the proxy's own address.
  */
-export function transportFactory(options: { ca?: Buffer } = {}) {
+export function transportFactory(options: { ca?: Buffer; localAddress?: string } = {}) {
   const managers: Http2SessionManager[] = [];
+  const { localAddress } = options;
+  if (options.ca && localAddress !== undefined) {
+    throw new Error("transportFactory: localAddress is for cleartext connections only");
+  }
   const tls = options.ca ? { ca: options.ca } : {};
+  const http1Options = localAddress === undefined ? tls : { localAddress };
+  const http2Options =
+    localAddress === undefined
+      ? tls
+      : {
+          createConnection: (authority: URL) =>
+            netConnect({ host: authority.hostname, port: Number(authority.port), localAddress }),
+        };
   const h2 = (baseUrl: string) => {
-    const manager = new Http2SessionManager(baseUrl, undefined, tls);
+    const manager = new Http2SessionManager(baseUrl, undefined, http2Options);
     managers.push(manager);
     return manager;
   };
@@ -41,7 +55,7 @@ export function transportFactory(options: { ca?: Buffer } = {}) {
     create(protocol: ProtocolName, baseUrl: string): Transport {
       switch (protocol) {
         case "connect-json/http1":
-          return createConnectTransport({ baseUrl, httpVersion: "1.1", nodeOptions: tls });
+          return createConnectTransport({ baseUrl, httpVersion: "1.1", nodeOptions: http1Options });
         case "connect-binary/http2":
           return createConnectTransport({
             baseUrl,
@@ -50,7 +64,11 @@ export function transportFactory(options: { ca?: Buffer } = {}) {
             sessionManager: h2(baseUrl),
           });
         case "grpc-web/http1":
-          return createGrpcWebTransport({ baseUrl, httpVersion: "1.1", nodeOptions: tls });
+          return createGrpcWebTransport({
+            baseUrl,
+            httpVersion: "1.1",
+            nodeOptions: http1Options,
+          });
         case "grpc/http2":
           return createGrpcTransport({ baseUrl, sessionManager: h2(baseUrl) });
       }
