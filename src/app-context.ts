@@ -1,4 +1,5 @@
 import { type Logger, pino } from "pino";
+import { type Audit, createAudit } from "./audit.js";
 import { loadCommonPasswords } from "./auth/account-rules.js";
 import { type Accounts, createAccounts } from "./auth/accounts.js";
 import type { FlowPolicy } from "./auth/flow-machine.js";
@@ -18,6 +19,8 @@ import { type ResolveHost, systemResolveHost } from "./federation/server-ids.js"
 import { createServerKeys, type ServerKeys } from "./federation/server-keys.js";
 import { createUserDirectory, type UserDirectory } from "./homeserver/user-directory.js";
 import { createLifecycle, type Lifecycle } from "./lifecycle.js";
+import { gatedHasher } from "./limits/admission.js";
+import { createLimits, type Limits } from "./limits/limits.js";
 
 /** Everything the server is made of, built once by {@link createAppContext}. */
 export interface AppContext {
@@ -35,6 +38,8 @@ export interface AppContext {
   readonly federation: Federation;
   readonly events: AccountEvents;
   readonly directory: UserDirectory;
+  readonly limits: Limits;
+  readonly audit: Audit;
   /** The schema version this build migrates to; /readyz compares against it. */
   readonly schemaVersion: number;
   /** Background jobs and closers; `lifecycle.runJobs()` runs every job now. */
@@ -122,7 +127,20 @@ export async function createAppContext(
     if (applied.length > 0) logger.info({ applied }, "database migrated");
 
     const stores = createStores();
-    const hasher = overrides.hasher ?? createArgon2Hasher(config.argon2);
+    const audit = createAudit(logger);
+    const limits = createLimits({
+      db,
+      clock,
+      config: config.limits,
+      audit,
+      loginStore: stores.loginThrottle,
+    });
+    lifecycle.job({ name: "limits.sweep", everyMs: SWEEP_INTERVAL_MS, run: limits.sweep });
+    // Every argon2id hash and verification waits at the gate (ARGON2_MAX_*).
+    const hasher = gatedHasher(
+      overrides.hasher ?? createArgon2Hasher(config.argon2),
+      limits.argon2,
+    );
     const sessions = await createSessions({
       db,
       clock,
@@ -161,6 +179,8 @@ export async function createAppContext(
       accounts,
       sessions,
       events,
+      limits,
+      audit,
     });
     lifecycle.job({ name: "flows.sweep", everyMs: SWEEP_INTERVAL_MS, run: flows.sweep });
 
@@ -189,6 +209,8 @@ export async function createAppContext(
       usedTokens: stores.usedTokens,
       foreignUsers: stores.foreignUsers,
       events,
+      limits,
+      audit,
     });
     lifecycle.job({ name: "federation.sweep", everyMs: SWEEP_INTERVAL_MS, run: federation.sweep });
 
@@ -210,6 +232,8 @@ export async function createAppContext(
       federation,
       events,
       directory,
+      limits,
+      audit,
       schemaVersion: migrations.at(-1)?.version ?? 0,
       lifecycle,
       close: () => lifecycle.close(),

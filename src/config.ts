@@ -5,7 +5,7 @@
  */
 
 import { isLoopbackHost } from "./net-address.js";
-import { SettingProblem } from "./setting-parsers.js";
+import { type Rate, SettingProblem } from "./setting-parsers.js";
 import {
   type logLevels,
   type Setting,
@@ -67,6 +67,30 @@ export interface Config {
   readonly federation: FederationConfig;
   /** How long account events are kept. */
   readonly accountEventRetentionMs: number;
+  /** CIDRs of reverse proxies whose forwarded client address is believed. */
+  readonly trustedProxies: readonly string[];
+  readonly limits: LimitsConfig;
+}
+
+/** Abuse limits; an undefined one is off. */
+export interface LimitsConfig {
+  readonly login:
+    | {
+        readonly failuresBeforeDelay: number;
+        readonly firstDelayMs: number;
+        readonly maxDelayMs: number;
+        readonly resetMs: number;
+      }
+    | undefined;
+  readonly beginAuth: Rate | undefined;
+  readonly forms: Rate | undefined;
+  readonly registrations: Rate | undefined;
+  readonly loginFederated: Rate | undefined;
+  readonly federate: Rate | undefined;
+  readonly liveFlowsPerAddress: number | undefined;
+  readonly streamsPerAddress: number | undefined;
+  readonly openStreams: number | undefined;
+  readonly argon2: { readonly inFlight: number; readonly queued: number };
 }
 
 export interface FederationConfig {
@@ -190,6 +214,27 @@ function shape(v: SettingValues): Config {
     shutdownGraceMs: v.SHUTDOWN_GRACE,
     hrpcStreamRequestTimeoutMs: v.HRPC_STREAM_REQUEST_TIMEOUT,
     accountEventRetentionMs: v.ACCOUNT_EVENT_RETENTION,
+    trustedProxies: v.TRUSTED_PROXIES,
+    limits: Object.freeze({
+      login:
+        v.LOGIN_FAILURES_BEFORE_DELAY === undefined
+          ? undefined
+          : Object.freeze({
+              failuresBeforeDelay: v.LOGIN_FAILURES_BEFORE_DELAY,
+              firstDelayMs: v.LOGIN_FIRST_DELAY,
+              maxDelayMs: v.LOGIN_MAX_DELAY,
+              resetMs: v.LOGIN_FAILURE_RESET,
+            }),
+      beginAuth: v.LIMIT_BEGIN_AUTH,
+      forms: v.LIMIT_FORMS,
+      registrations: v.LIMIT_REGISTRATIONS,
+      loginFederated: v.LIMIT_LOGIN_FEDERATED,
+      federate: v.LIMIT_FEDERATE,
+      liveFlowsPerAddress: v.LIMIT_LIVE_FLOWS,
+      streamsPerAddress: v.LIMIT_STREAMS_PER_ADDRESS,
+      openStreams: v.MAX_OPEN_STREAMS,
+      argon2: Object.freeze({ inFlight: v.ARGON2_MAX_IN_FLIGHT, queued: v.ARGON2_MAX_QUEUED }),
+    }),
     federation: Object.freeze({
       enabled: v.FEDERATION === "on",
       allow: v.FEDERATION_ALLOW,

@@ -1,3 +1,4 @@
+import { isIP } from "node:net";
 import { canonicalServerId } from "./server-id.js";
 
 /**
@@ -144,4 +145,46 @@ export const key32: Parser<Buffer | undefined> = (value) => {
     );
   }
   return key;
+};
+
+/** A rate: `N/duration` (such as `120/1m`), or `off`. */
+export interface Rate {
+  readonly points: number;
+  readonly durationMs: number;
+}
+
+export const rate: Parser<Rate | undefined> = (value) => {
+  if (value.toLowerCase() === "off") return undefined;
+  const match = /^(\d{1,9})\s*\/\s*(\S+)$/.exec(value);
+  const durationMs = match?.[2] === undefined ? undefined : parseDuration(match[2]);
+  const points = Number(match?.[1]);
+  if (!match || durationMs === undefined || durationMs < 1000 || points < 1) {
+    throw new SettingProblem("expected a rate such as 120/1m (at most 120 in any minute), or off");
+  }
+  return { points, durationMs };
+};
+
+/** A whole number from `min` to `max`, or `off` (undefined: no limit). */
+export function limit(min: number, max: number): Parser<number | undefined> {
+  const whole = int(min, max);
+  return (value) => {
+    if (value.toLowerCase() === "off") return undefined;
+    try {
+      return whole(value);
+    } catch {
+      throw new SettingProblem(`expected a whole number from ${min} to ${max}, or off`);
+    }
+  };
+}
+
+/** A CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address. */
+export const cidr: Parser<string> = (value) => {
+  const [address, bits, ...rest] = value.split("/");
+  const family = isIP(address ?? "");
+  const max = family === 4 ? 32 : 128;
+  const prefix = bits === undefined ? max : Number(bits);
+  if (family === 0 || rest.length > 0 || !Number.isInteger(prefix) || prefix < 0 || prefix > max) {
+    throw new SettingProblem(`${value} is not an address or CIDR such as 10.0.0.0/8 or fd00::/8`);
+  }
+  return `${address}/${prefix}`;
 };

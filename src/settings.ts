@@ -1,13 +1,16 @@
 import {
   bool,
+  cidr,
   duration,
   int,
   key32,
+  limit,
   list,
   oneOf,
   origin,
   type Parser,
   postgresUrl,
+  rate,
   SettingProblem,
   serverId,
   text,
@@ -212,6 +215,81 @@ export const settings = {
     default: "30d",
     parse: duration(60_000, Number.MAX_SAFE_INTEGER),
     doc: "how long account events are kept for `StreamAccountEvents` consumers to catch up",
+  }),
+  TRUSTED_PROXIES: setting({
+    default: "",
+    parse: list(cidr),
+    doc: "comma-separated CIDRs of reverse proxies; only from these is the client address taken from `X-Forwarded-For`/`Forwarded` (rightmost untrusted hop)",
+  }),
+  LOGIN_FAILURES_BEFORE_DELAY: setting({
+    default: "5",
+    parse: limit(1, 1000),
+    doc: "failed logins per account (by email, known or not) before each further attempt must wait; `off` disables the schedule",
+  }),
+  LOGIN_FIRST_DELAY: setting({
+    default: "1s",
+    parse: duration(1),
+    doc: "the first wait after `LOGIN_FAILURES_BEFORE_DELAY` failures; each further failure doubles it",
+  }),
+  LOGIN_MAX_DELAY: setting({
+    default: "15m",
+    parse: duration(1),
+    doc: "the longest wait between attempts for one account",
+  }),
+  LOGIN_FAILURE_RESET: setting({
+    default: "12h",
+    parse: duration(1000),
+    doc: "an account's failures are forgotten this long after the last one (and at once on a successful login)",
+  }),
+  LIMIT_BEGIN_AUTH: setting({
+    default: "120/1m",
+    parse: rate,
+    doc: "BeginAuth calls per client address (`N/duration` or `off`)",
+  }),
+  LIMIT_FORMS: setting({
+    default: "60/1m",
+    parse: rate,
+    doc: "form submissions (NextStep with a form) per client address",
+  }),
+  LIMIT_REGISTRATIONS: setting({
+    default: "20/1h",
+    parse: rate,
+    doc: "registrations per client address",
+  }),
+  LIMIT_LOGIN_FEDERATED: setting({
+    default: "60/1m",
+    parse: rate,
+    doc: "LoginFederated calls per client address",
+  }),
+  LIMIT_FEDERATE: setting({
+    default: "60/1m",
+    parse: rate,
+    doc: "Federate calls per client address",
+  }),
+  LIMIT_LIVE_FLOWS: setting({
+    default: "100",
+    parse: limit(1, 1_000_000),
+    doc: "unfinished, unexpired auth flows per client address (BeginAuth beyond it is refused)",
+  }),
+  LIMIT_STREAMS_PER_ADDRESS: setting({
+    default: "50",
+    parse: limit(1, 1_000_000),
+    doc: "open StreamSteps calls and hRPC WebSockets per client address, per process",
+  }),
+  MAX_OPEN_STREAMS: setting({
+    default: "20000",
+    parse: limit(1, 10_000_000),
+    doc: "open StreamSteps calls and hRPC WebSockets in all, per process",
+  }),
+  ARGON2_MAX_IN_FLIGHT: setting({
+    default: "4",
+    parse: int(1, 1024),
+    doc: "argon2id hashes computed at once per process (libuv's thread pool has 4 threads unless `UV_THREADPOOL_SIZE` says otherwise)",
+  }),
+  ARGON2_MAX_QUEUED: setting({
+    default: "64",
+    parse: int(0, 100_000),
+    doc: "argon2id hashes waiting for a thread; beyond it a login or registration is refused at once with `hrpc.resource-exhausted` and `Retry-After`",
   }),
   KEY_ENCRYPTION_KEY: setting({
     default: "",

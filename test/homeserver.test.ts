@@ -3,6 +3,7 @@ import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { sha256 } from "../src/auth/random-ids.js";
+import { unknownCaller } from "../src/caller.js";
 import type { StreamAccountEventsResponse } from "../src/gen/cadenza/homeserver/v1/homeserver_pb.js";
 import { createTestApp, type TestApp } from "./helpers/app.js";
 import { backends, postgresBackend, type TestDatabase } from "./helpers/databases.js";
@@ -117,7 +118,7 @@ describe.each(backends)("HomeserverService on $name", (backend) => {
           avatar: undefined,
           createdAt: app.clock.now(),
         });
-        return { id: user.id, token: await app.ctx.sessions.create(tx, user.id) };
+        return { id: user.id, token: await app.ctx.sessions.create(tx, user.id, unknownCaller) };
       });
       const res = await app.homeserver.introspect({ sessionToken: foreign.token });
       expect(res).toMatchObject({

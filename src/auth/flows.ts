@@ -1,8 +1,13 @@
+import type { Audit } from "../audit.js";
+import { type Caller, unknownCaller } from "../caller.js";
 import type { Clock } from "../clock.js";
 import type { Config } from "../config.js";
 import type { Database, Queryable } from "../db/database.js";
 import { HarmonyError, hrpcErrors } from "../errors.js";
 import type { AccountEventData, AccountEvents } from "../events/account-events.js";
+import { limitErrors } from "../limits/limit-errors.js";
+import type { Limits } from "../limits/limits.js";
+import { emailKey } from "./account-rules.js";
 import type { Accounts } from "./accounts.js";
 import { authErrors } from "./auth-errors.js";
 import {
@@ -15,7 +20,7 @@ import {
   type Submission,
   sessionView,
 } from "./flow-machine.js";
-import { randomToken } from "./random-ids.js";
+import { randomToken, sha256 } from "./random-ids.js";
 import type { Sessions } from "./sessions.js";
 import type { StepHub } from "./step-hub.js";
 import { type FlowKeys, flowKeys, openStep, sealStep } from "./step-seal.js";
@@ -32,10 +37,10 @@ export const MAX_STEPS_PER_FLOW = 256;
 const MAX_ATTEMPTS = 5;
 
 export interface Flows {
-  /** Starts a flow; returns its auth_id. */
-  begin(): Promise<string>;
+  /** Starts a flow for `caller`; returns its auth_id. */
+  begin(caller?: Caller): Promise<string>;
   /** Applies a NextStep or StepBack input; returns the step now current. */
-  advance(authId: string, input: FlowInput): Promise<StepView>;
+  advance(authId: string, input: FlowInput, caller?: Caller): Promise<StepView>;
   /**
    * Every step of the flow: those already shown, then each new one as it is
    * shown by any process, ending after the session step.
@@ -55,11 +60,14 @@ export type FlowsDeps = {
   readonly accounts: Accounts;
   readonly sessions: Sessions;
   readonly events: Pick<AccountEvents, "record">;
+  readonly limits: Pick<Limits, "rate" | "loginAttempt" | "loginSucceeded" | "liveFlowsPerAddress">;
+  readonly audit: Audit;
 };
 
 /** The auth flow over its store: the machine decides, this module does the I/O. */
 export function createFlows(deps: FlowsDeps): Flows {
-  const { db, clock, config, policy, flowStore, hub, accounts, sessions, events } = deps;
+  const { db, clock, config, policy, flowStore, hub, accounts, sessions, events, limits, audit } =
+    deps;
 
   const keysFor = (authId: string): FlowKeys => {
     if (authId === "") throw new HarmonyError(authErrors.missingAuthId);
@@ -94,59 +102,101 @@ export function createFlows(deps: FlowsDeps): Flows {
     return seq !== undefined;
   };
 
+  /** The audit reason for a refused submission: the identifier, without its namespace. */
+  const reasonOf = (err: unknown): string =>
+    err instanceof HarmonyError
+      ? (err.identifier.replace(/^h\./, "").split("\n")[0] ?? "")
+      : "error";
+
   const submit = async (
     keys: FlowKeys,
     flow: StoredFlow,
     submission: Submission,
+    caller: Caller,
   ): Promise<StepView> => {
+    const flowKey = keys.lookup;
     // The slow part (argon2id) runs outside any transaction; the writes then
     // happen in one, which also checks that the flow did not move meanwhile.
     let writeAccount: (tx: Queryable) => Promise<{ userId: bigint; event?: AccountEventData }>;
+    let done: (userId: bigint) => Promise<void>;
     if (submission.kind === "login") {
-      const login = await accounts.verifyLogin(submission.email, submission.password);
+      // Keyed by the email whether or not an account has it, so unknown and
+      // known emails are throttled alike; while delayed, no password is checked.
+      const throttleKey = sha256(emailKey(submission.email));
+      await limits.loginAttempt(throttleKey, caller, flowKey);
+      const login = await accounts
+        .verifyLogin(submission.email, submission.password)
+        .catch((err) => {
+          audit.record("login.failed", { caller, flowKey, reason: "bad-credentials" });
+          throw err;
+        });
       writeAccount = async (tx) => {
         await accounts.finishLogin(tx, login);
         return { userId: login.userId };
       };
+      done = async (userId) => {
+        await limits.loginSucceeded(throttleKey);
+        audit.record("login.succeeded", { caller, flowKey, userId });
+      };
     } else {
-      const prepared = await accounts.prepareRegistration(submission);
+      await limits.rate("registrations", caller);
+      const prepared = await accounts.prepareRegistration(submission).catch((err) => {
+        audit.record("registration.refused", { caller, flowKey, reason: reasonOf(err) });
+        throw err;
+      });
       writeAccount = async (tx) => ({
         userId: await accounts.createAccount(tx, prepared),
         event: { kind: "registered", username: prepared.username },
       });
+      done = async (userId) => {
+        audit.record("registration.succeeded", { caller, flowKey, userId });
+      };
     }
-    return db.transaction(async (tx) => {
+    const step = await db.transaction(async (tx) => {
       const { userId, event } = await writeAccount(tx);
-      const step = sessionView(userId, await sessions.create(tx, userId));
-      if (!(await append(tx, keys, flow, flow.state, step))) {
+      const session = sessionView(userId, await sessions.create(tx, userId, caller));
+      if (!(await append(tx, keys, flow, flow.state, session))) {
         throw new HarmonyError(authErrors.flowConflict);
       }
       // Last: recording an event takes the lock that orders events.
       if (event) await events.record(tx, userId, event);
-      return step;
+      return session;
     });
+    if (step.kind === "session") await done(step.userId);
+    return step;
   };
 
   return {
-    async begin() {
+    async begin(caller = unknownCaller) {
+      await limits.rate("beginAuth", caller);
       const authId = randomToken(AUTH_ID_BYTES);
       const now = clock.now();
-      await flowStore.insert(
+      const inserted = await flowStore.insert(
         db,
         flowKeys(authId).lookup,
         initialState,
         now,
         now + config.flowTtlMs,
+        caller.address,
+        limits.liveFlowsPerAddress,
       );
+      if (!inserted) {
+        audit.record("limit.exceeded", { caller, limit: "liveFlows" });
+        throw new HarmonyError(limitErrors.tooManyFlows, {
+          message: `your address has ${limits.liveFlowsPerAddress} unfinished auth flows: finish one or wait for them to expire`,
+          retryAfterSeconds: Math.ceil(config.flowTtlMs / 1000),
+        });
+      }
       return authId;
     },
 
-    async advance(authId, input) {
+    async advance(authId, input, caller = unknownCaller) {
       const keys = keysFor(authId);
+      if (input.kind === "form") await limits.rate("forms", caller);
       for (let attempt = 1; ; attempt++) {
         const flow = await load(keys);
         const outcome = advance(flow, input, clock.now(), policy);
-        if (outcome.kind === "submit") return submit(keys, flow, outcome.submission);
+        if (outcome.kind === "submit") return submit(keys, flow, outcome.submission, caller);
         if (await append(db, keys, flow, outcome.state, outcome.step)) return outcome.step;
         // Another call moved the flow between our read and write: re-read and
         // re-apply, since showing a step has no side effects.

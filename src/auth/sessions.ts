@@ -1,3 +1,4 @@
+import type { Caller } from "../caller.js";
 import type { Clock } from "../clock.js";
 import type { Config } from "../config.js";
 import type { Database, Queryable } from "../db/database.js";
@@ -30,8 +31,11 @@ export interface AuthenticatedSession {
 }
 
 export interface Sessions {
-  /** Creates a session for `userId` on `q` (inside the caller's transaction); returns its token. */
-  create(q: Queryable, userId: bigint): Promise<string>;
+  /**
+   * Creates a session for `userId` on `q` (inside the caller's transaction),
+   * recording where it was created from; returns its token.
+   */
+  create(q: Queryable, userId: bigint, caller: Caller): Promise<string>;
   /** The session a token names; throws `h.blank-session` when missing, unknown or expired. */
   authenticate(token: string | undefined): Promise<AuthenticatedSession>;
   /** Deletes expired sessions; returns how many. */
@@ -86,10 +90,17 @@ export async function createSessions({
     new HarmonyError(authErrors.blankSession, message === undefined ? {} : { message });
 
   return {
-    async create(q, userId) {
+    async create(q, userId, caller) {
       const token = randomToken(TOKEN_BYTES);
       const now = clock.now();
-      await sessionStore.insert(q, sha256(token), userId, now, now + config.sessionMaxTtlMs);
+      await sessionStore.insert(
+        q,
+        sha256(token),
+        userId,
+        now,
+        now + config.sessionMaxTtlMs,
+        caller,
+      );
       return token;
     },
 

@@ -1,3 +1,4 @@
+import type { Caller } from "../caller.js";
 import type { Database, Queryable } from "../db/database.js";
 import type { FlowRecord, FlowState } from "./flow-machine.js";
 
@@ -23,13 +24,19 @@ export interface StepNotificationHandlers {
 }
 
 export interface FlowStore {
+  /**
+   * Inserts a new flow begun from `clientAddress`, unless that address already
+   * has `maxLive` unfinished, unexpired flows (then false).
+   */
   insert(
     q: Queryable,
     key: Buffer,
     state: FlowState,
     now: number,
     expiresAt: number,
-  ): Promise<void>;
+    clientAddress: string,
+    maxLive: number | undefined,
+  ): Promise<boolean>;
   load(q: Queryable, key: Buffer): Promise<StoredFlow | undefined>;
   /**
    * Saves a flow's next state and appends its sealed step as one statement,
@@ -106,6 +113,7 @@ export interface SessionStore {
     userId: bigint,
     now: number,
     expiresAt: number,
+    caller: Caller,
   ): Promise<void>;
   find(q: Queryable, tokenHash: Buffer): Promise<StoredSession | undefined>;
   touch(q: Queryable, tokenHash: Buffer, now: number): Promise<void>;

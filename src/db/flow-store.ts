@@ -40,11 +40,25 @@ interface FlowRow {
 /** Auth flows and their step logs in Postgres, with steps announced by NOTIFY. */
 export function createFlowStore(): FlowStore {
   return {
-    async insert(q, key, state, now, expiresAt) {
-      await q.query(
-        "INSERT INTO auth_flows (key, state, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-        [key, JSON.stringify(state), new Date(now), new Date(expiresAt)],
+    async insert(q, key, state, now, expiresAt, clientAddress, maxLive) {
+      // The count and the insert in one statement (concurrent BeginAuths from
+      // one address may overshoot the cap by as many as run at once, no more).
+      const result = await q.query(
+        `INSERT INTO auth_flows (key, state, created_at, expires_at, client_address)
+         SELECT $1, $2, $3, $4, $5
+          WHERE $6::int4 IS NULL
+             OR (SELECT count(*) FROM auth_flows
+                  WHERE client_address = $5 AND NOT done AND expires_at > $3) < $6::int4`,
+        [
+          key,
+          JSON.stringify(state),
+          new Date(now),
+          new Date(expiresAt),
+          clientAddress,
+          maxLive ?? null,
+        ],
       );
+      return result.rowCount === 1;
     },
 
     async load(q, key): Promise<StoredFlow | undefined> {

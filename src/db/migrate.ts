@@ -28,9 +28,10 @@ export async function loadMigrations(dir = migrationsDir): Promise<Migration[]> 
 }
 
 /**
- * Applies every migration not yet applied, each in its own transaction, and
- * records it. A transaction-scoped advisory lock serialises processes starting
- * at once: each waits, then re-reads what the others already applied.
+ * Applies every migration not yet applied, in order, and records each, all in
+ * one transaction under an advisory lock: of processes starting together, the
+ * first applies them all and the others, once the lock is theirs, find
+ * nothing left to do. A failing migration leaves the schema as it was.
  * Returns the names applied by this call.
  */
 export async function migrate(db: Database, migrations?: readonly Migration[]): Promise<string[]> {
@@ -40,32 +41,30 @@ export async function migrate(db: Database, migrations?: readonly Migration[]): 
     .query<{ version: number }>("SELECT version FROM schema_migrations")
     .then((r) => new Set(r.rows.map((row) => row.version)))
     .catch(() => new Set<number>());
-  const applied: string[] = [];
-  for (const migration of all) {
-    if (done.has(migration.version)) continue;
-    const ran = await db.transaction(async (tx) => {
-      await tx.query("SELECT pg_advisory_xact_lock($1)", [MIGRATION_LOCK_KEY]);
-      await tx.exec(
-        `CREATE TABLE IF NOT EXISTS schema_migrations (
-           version int4 PRIMARY KEY,
-           name text NOT NULL,
-           applied_at timestamptz NOT NULL DEFAULT now()
-         )`,
-      );
-      const { rows } = await tx.query("SELECT 1 FROM schema_migrations WHERE version = $1", [
-        migration.version,
-      ]);
-      if (rows.length > 0) return false;
+  if (all.every((m) => done.has(m.version))) return [];
+  return db.transaction(async (tx) => {
+    await tx.query("SELECT pg_advisory_xact_lock($1)", [MIGRATION_LOCK_KEY]);
+    await tx.exec(
+      `CREATE TABLE IF NOT EXISTS schema_migrations (
+         version int4 PRIMARY KEY,
+         name text NOT NULL,
+         applied_at timestamptz NOT NULL DEFAULT now()
+       )`,
+    );
+    const { rows } = await tx.query<{ version: number }>("SELECT version FROM schema_migrations");
+    const applied = new Set(rows.map((r) => r.version));
+    const names: string[] = [];
+    for (const migration of all) {
+      if (applied.has(migration.version)) continue;
       await tx.exec(migration.sql);
       await tx.query("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", [
         migration.version,
         migration.name,
       ]);
-      return true;
-    });
-    if (ran) applied.push(migration.name);
-  }
-  return applied;
+      names.push(migration.name);
+    }
+    return names;
+  });
 }
 
 /** The highest migration version recorded, or 0 on an empty database. */

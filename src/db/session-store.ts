@@ -9,11 +9,19 @@ export const userChangeChannel = "cadenza_users_changed";
 /** Sessions in Postgres, keyed by the SHA-256 of their token. */
 export function createSessionStore(): SessionStore {
   return {
-    async insert(q, tokenHash, userId, now, expiresAt) {
+    async insert(q, tokenHash, userId, now, expiresAt, caller) {
       await q.query(
-        `INSERT INTO sessions (token_hash, user_id, created_at, last_seen_at, expires_at)
-         VALUES ($1, $2, $3, $3, $4)`,
-        [tokenHash, userId, new Date(now), new Date(expiresAt)],
+        `INSERT INTO sessions
+           (token_hash, user_id, created_at, last_seen_at, expires_at, client_address, user_agent)
+         VALUES ($1, $2, $3, $3, $4, $5, $6)`,
+        [
+          tokenHash,
+          userId,
+          new Date(now),
+          new Date(expiresAt),
+          caller.address,
+          caller.userAgent ?? null,
+        ],
       );
     },
 

@@ -7,6 +7,7 @@ import type {
   UsedTokenStore,
 } from "../federation/stores.js";
 import type { DirectoryStore } from "../homeserver/user-directory.js";
+import type { LoginThrottleStore } from "../limits/login-throttle.js";
 import { createAccountEventStore } from "./account-event-store.js";
 import { createDirectoryStore } from "./directory-store.js";
 import {
@@ -16,6 +17,7 @@ import {
   createUsedTokenStore,
 } from "./federation-stores.js";
 import { createFlowStore } from "./flow-store.js";
+import { createLoginThrottleStore } from "./limit-store.js";
 import { createSessionStore } from "./session-store.js";
 import { createUserStore } from "./user-store.js";
 
@@ -30,6 +32,7 @@ export interface Stores {
   readonly foreignUsers: ForeignUserStore;
   readonly accountEvents: AccountEventStore;
   readonly directory: DirectoryStore;
+  readonly loginThrottle: LoginThrottleStore;
 }
 
 /**
@@ -47,5 +50,6 @@ export function createStores(): Stores {
     foreignUsers: createForeignUserStore(),
     accountEvents: createAccountEventStore(),
     directory: createDirectoryStore(),
+    loginThrottle: createLoginThrottleStore(),
   };
 }

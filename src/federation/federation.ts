@@ -1,14 +1,17 @@
 import { randomBytes } from "node:crypto";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import type { Audit } from "../audit.js";
 import { authErrors } from "../auth/auth-errors.js";
 import { randomUserId, sha256 } from "../auth/random-ids.js";
 import type { Sessions } from "../auth/sessions.js";
+import { type Caller, unknownCaller } from "../caller.js";
 import type { Clock } from "../clock.js";
 import type { Config } from "../config.js";
 import { type Database, uniqueViolation } from "../db/database.js";
 import { HarmonyError } from "../errors.js";
 import type { AccountEvents } from "../events/account-events.js";
 import { type TokenData, TokenDataSchema } from "../gen/cadenza/federation/v1/token_pb.js";
+import type { Limits } from "../limits/limits.js";
 import { canonicalServerId } from "../server-id.js";
 import { sign, verify } from "./ed25519.js";
 import { federationErrors } from "./federation-errors.js";
@@ -32,7 +35,7 @@ export interface Federation {
   /** This server's public key, for the Key RPC. */
   key(): Uint8Array;
   /** A token vouching for local user `userId` to the server `target`. */
-  federate(userId: bigint, target: string): Promise<SignedToken>;
+  federate(userId: bigint, target: string, caller?: Caller): Promise<SignedToken>;
   /** `data` signed with this homeserver's current key. */
   sign(data: Uint8Array): SignedToken;
   /**
@@ -44,6 +47,7 @@ export interface Federation {
   loginFederated(
     token: SignedToken | undefined,
     issuer: string,
+    caller?: Caller,
   ): Promise<{ userId: bigint; sessionToken: string }>;
   /** Forgets used tokens that could no longer be accepted anyway. */
   sweep(): Promise<number>;
@@ -59,6 +63,8 @@ export type FederationDeps = {
   readonly usedTokens: UsedTokenStore;
   readonly foreignUsers: ForeignUserStore;
   readonly events: Pick<AccountEvents, "record">;
+  readonly limits: Pick<Limits, "rate">;
+  readonly audit: Audit;
 };
 
 /**
@@ -69,6 +75,7 @@ export type FederationDeps = {
 export function createFederation(deps: FederationDeps): Federation {
   const { db, clock, config, serverKeys, remoteKeys, sessions, usedTokens, foreignUsers, events } =
     deps;
+  const { limits, audit } = deps;
   const policy = config.federation;
 
   const assertAllowed = (serverId: string): string => {
@@ -177,7 +184,8 @@ export function createFederation(deps: FederationDeps): Federation {
       return (await verifySigned(token, issuer)).data;
     },
 
-    async federate(userId, target) {
+    async federate(userId, target, caller = unknownCaller) {
+      await limits.rate("federate", caller);
       const audience = assertAllowed(target);
       const profile = await foreignUsers.profile(db, userId);
       if (!profile) throw new HarmonyError(authErrors.blankSession);
@@ -193,10 +201,41 @@ export function createFederation(deps: FederationDeps): Federation {
           nonce: randomBytes(16),
         }),
       );
+      audit.record("federation.token.issued", { caller, userId, homeserver: audience });
       return { sig: sign(data, serverKeys.current().secretKey), data };
     },
 
-    async loginFederated(token, issuerText) {
+    async loginFederated(token, issuerText, caller = unknownCaller) {
+      await limits.rate("loginFederated", caller);
+      try {
+        const session = await loginFederated(token, issuerText, caller);
+        audit.record("federation.login.succeeded", {
+          caller,
+          userId: session.userId,
+          homeserver: canonicalServerId(issuerText) ?? "",
+        });
+        return session;
+      } catch (err) {
+        const reason =
+          err instanceof HarmonyError ? err.identifier.replace(/^(h|hrpc)\./, "") : "error";
+        audit.record("federation.login.refused", {
+          caller,
+          reason,
+          homeserver: canonicalServerId(issuerText) ?? "invalid",
+        });
+        throw err;
+      }
+    },
+
+    sweep: () => usedTokens.deleteExpired(db, clock.now()),
+  };
+
+  async function loginFederated(
+    token: SignedToken | undefined,
+    issuerText: string,
+    caller: Caller,
+  ): Promise<{ userId: bigint; sessionToken: string }> {
+    {
       const signed = await verifySigned(token, issuerText);
       const { issuer } = signed;
       const data = decode(signed.data);
@@ -225,7 +264,7 @@ export function createFederation(deps: FederationDeps): Federation {
               avatar: data.avatar,
               createdAt: now,
             });
-            const sessionToken = await sessions.create(tx, user.id);
+            const sessionToken = await sessions.create(tx, user.id, caller);
             // Last: recording an event takes the lock that orders events.
             if (user.created) {
               await events.record(tx, user.id, {
@@ -248,8 +287,6 @@ export function createFederation(deps: FederationDeps): Federation {
           if (uniqueViolation(err) !== "users_pkey" || attempt >= 4) throw err;
         }
       }
-    },
-
-    sweep: () => usedTokens.deleteExpired(db, clock.now()),
-  };
+    }
+  }
 }

@@ -1,38 +1,53 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { authErrors } from "../auth/auth-errors.js";
 import type { Flows } from "../auth/flows.js";
+import { callerKey, streamSlotHeldKey } from "../caller.js";
 import { HarmonyError } from "../errors.js";
 import type { Federation } from "../federation/federation.js";
 import type { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
+import type { Limits } from "../limits/limits.js";
 import { sessionKey } from "./rpc/interceptors.js";
 import { toAuthStep, toFlowInput } from "./steps.js";
 
 export type AuthServiceDeps = {
   readonly flows: Flows;
   readonly federation: Federation;
+  readonly limits: Pick<Limits, "streams">;
 };
 
 /**
  * protocol.auth.v1.AuthService: decode, call the domain, encode. Sessions for
- * methods that need one are checked by the auth interceptor before these run.
+ * methods that need one are checked by the auth interceptor before these run;
+ * the caller (its address, behind trusted proxies) was put in the context
+ * where the request entered.
  */
-export function createAuthServiceImpl({ flows, federation }: AuthServiceDeps) {
+export function createAuthServiceImpl({ flows, federation, limits }: AuthServiceDeps) {
   return {
-    async beginAuth() {
-      return { authId: await flows.begin() };
+    async beginAuth(_req, ctx) {
+      return { authId: await flows.begin(ctx.values.get(callerKey)) };
     },
 
-    async nextStep(req) {
-      return { step: toAuthStep(await flows.advance(req.authId, toFlowInput(req))) };
+    async nextStep(req, ctx) {
+      const step = await flows.advance(req.authId, toFlowInput(req), ctx.values.get(callerKey));
+      return { step: toAuthStep(step) };
     },
 
-    async stepBack(req) {
-      return { step: toAuthStep(await flows.advance(req.authId, { kind: "back" })) };
+    async stepBack(req, ctx) {
+      const step = await flows.advance(req.authId, { kind: "back" }, ctx.values.get(callerKey));
+      return { step: toAuthStep(step) };
     },
 
     async *streamSteps(req, ctx) {
-      for await (const step of flows.stream(req.authId, ctx.signal)) {
-        yield { step: toAuthStep(step) };
+      // An hRPC WebSocket took its slot when it opened.
+      const release = ctx.values.get(streamSlotHeldKey)
+        ? undefined
+        : limits.streams.acquire(ctx.values.get(callerKey).address);
+      try {
+        for await (const step of flows.stream(req.authId, ctx.signal)) {
+          yield { step: toAuthStep(step) };
+        }
+      } finally {
+        release?.();
       }
     },
 
@@ -44,11 +59,20 @@ export function createAuthServiceImpl({ flows, federation }: AuthServiceDeps) {
       // Set by the auth interceptor: Federate requires authentication.
       const session = ctx.values.get(sessionKey);
       if (!session) throw new HarmonyError(authErrors.blankSession);
-      return { token: await federation.federate(session.userId, req.serverId) };
+      const token = await federation.federate(
+        session.userId,
+        req.serverId,
+        ctx.values.get(callerKey),
+      );
+      return { token };
     },
 
-    async loginFederated(req) {
-      const session = await federation.loginFederated(req.authToken, req.serverId);
+    async loginFederated(req, ctx) {
+      const session = await federation.loginFederated(
+        req.authToken,
+        req.serverId,
+        ctx.values.get(callerKey),
+      );
       return { session };
     },
 

@@ -1,5 +1,10 @@
 import { setMaxListeners } from "node:events";
-import { createServer as createHttp1Server, type Server as Http1Server } from "node:http";
+import {
+  createServer as createHttp1Server,
+  type Server as Http1Server,
+  type IncomingMessage,
+} from "node:http";
+import type { Http2ServerRequest } from "node:http2";
 import { type ConnectRouter, cors as connectCors, type Interceptor } from "@connectrpc/connect";
 import fastifyCors from "@fastify/cors";
 import {
@@ -13,6 +18,7 @@ import { HarmonyError, hrpcErrors } from "../errors.js";
 import { HomeserverService } from "../gen/cadenza/homeserver/v1/homeserver_pb.js";
 import { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
 import { createAuthServiceImpl } from "./auth-service.js";
+import { callerOf, createClientAddressOf } from "./client-address.js";
 import { healthRoutes } from "./health.js";
 import { createHomeserverServiceImpl } from "./homeserver-service.js";
 import { createHrpcAdapter } from "./hrpc/adapter.js";
@@ -119,10 +125,17 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
     shutdownSignal: shutdown.signal,
   });
 
+  // One rule for who the client is, for every protocol (TRUSTED_PROXIES).
+  const addressOf = createClientAddressOf(config.trustedProxies);
+  const callerFor = (req: IncomingMessage | Http2ServerRequest) =>
+    callerOf(addressOf, req.socket.remoteAddress, req.headers);
+
   // hRPC goes to the same methods: unary calls by content type, before
   // Fastify parses a body it does not know; streams by WebSocket upgrade.
   const hrpc = createHrpcAdapter({
     methods: router.methods,
+    callerOf: callerFor,
+    streams: ctx.limits.streams,
     logger,
     readMaxBytes: config.readMaxBytes,
     firstMessageTimeoutMs: config.hrpcStreamRequestTimeoutMs,
@@ -137,7 +150,7 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
     await hrpc.serveUnary(req.raw, reply.raw);
     return reply;
   });
-  await app.register(rpcRoutes(router, logger));
+  await app.register(rpcRoutes(router, logger, callerFor));
   app.setNotFoundHandler(async (request, reply) => {
     if (await answerUnknownMethod(router, request, reply, logger)) return reply;
     return reply.code(404).send({ error: "not found", path: request.url.split("?", 1)[0] });

@@ -9,13 +9,31 @@ import { AuthService } from "../../src/gen/protocol/auth/v1/auth_pb.js";
 import { connectRoutes, internalConnectRoutes } from "../../src/server/build-app.js";
 import { createFakeClock, type FakeClock } from "./clock.js";
 
-/** Configuration for tests: in-memory, any port, quiet. */
+/**
+ * The abuse limits, off: tests make many flows from one address in moments.
+ * Tests of the limits turn them on with the same variables.
+ */
+export const limitsOff: Record<string, string> = {
+  LOGIN_FAILURES_BEFORE_DELAY: "off",
+  LIMIT_BEGIN_AUTH: "off",
+  LIMIT_FORMS: "off",
+  LIMIT_REGISTRATIONS: "off",
+  LIMIT_LOGIN_FEDERATED: "off",
+  LIMIT_FEDERATE: "off",
+  LIMIT_LIVE_FLOWS: "off",
+  LIMIT_STREAMS_PER_ADDRESS: "off",
+  MAX_OPEN_STREAMS: "off",
+  ARGON2_MAX_QUEUED: "100000",
+};
+
+/** Configuration for tests: in-memory, any port, quiet, limits off. */
 export function testConfig(env: Record<string, string> = {}): Config {
   return loadConfig({
     DATA_DIR: "memory://",
     PORT: "0",
     INTERNAL_PORT: "0",
     LOG_LEVEL: "silent",
+    ...limitsOff,
     ...env,
   });
 }

@@ -2,7 +2,9 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { Http2ServerResponse } from "node:http2";
 import type { Duplex } from "node:stream";
 import type { Logger } from "pino";
+import type { Caller } from "../../caller.js";
 import { hrpcErrors } from "../../errors.js";
+import type { StreamSlots } from "../../limits/admission.js";
 import { failureFor, recordFailure } from "../rpc/failure.js";
 import type { RpcMethod } from "../rpc/router.js";
 import { hrpcErrorResponse } from "./errors.js";
@@ -28,6 +30,8 @@ export interface HrpcAdapter {
 
 export type HrpcAdapterDeps = {
   readonly methods: ReadonlyMap<string, RpcMethod>;
+  readonly callerOf: (req: NodeRequest) => Caller;
+  readonly streams: Pick<StreamSlots, "acquire">;
   readonly logger: Logger;
   readonly readMaxBytes: number;
   /** How long a WebSocket may take to send its request (default 10 s). */
@@ -38,6 +42,8 @@ export type HrpcAdapterDeps = {
 
 export function createHrpcAdapter({
   methods,
+  callerOf,
+  streams: slots,
   logger,
   readMaxBytes,
   firstMessageTimeoutMs = 10_000,
@@ -45,6 +51,8 @@ export function createHrpcAdapter({
 }: HrpcAdapterDeps): HrpcAdapter {
   const streams = createHrpcStreams({
     methods,
+    callerOf,
+    streams: slots,
     logger,
     readMaxBytes,
     firstMessageTimeoutMs,
@@ -54,7 +62,7 @@ export function createHrpcAdapter({
     claims: (req) => claimsUnary(req, (path) => methods.has(path)),
     async serveUnary(req, res) {
       try {
-        await serveUnary(methods, logger, req, res);
+        await serveUnary(methods, logger, callerOf(req), req, res);
       } catch (err) {
         const failure = recordFailure(
           logger,

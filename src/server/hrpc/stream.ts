@@ -9,8 +9,16 @@ import {
 import { endStreamFlag } from "@connectrpc/connect/protocol-connect";
 import type { Logger } from "pino";
 import { type WebSocket, WebSocketServer } from "ws";
+import type { Caller } from "../../caller.js";
 import { hrpcErrors } from "../../errors.js";
-import { type CallRecord, type Failure, failureFor, recordFailure } from "../rpc/failure.js";
+import type { StreamSlots } from "../../limits/admission.js";
+import {
+  type CallRecord,
+  type Failure,
+  failureFor,
+  failureOf,
+  recordFailure,
+} from "../rpc/failure.js";
 import type { RpcMethod } from "../rpc/router.js";
 import { encodeHrpcError, hrpcErrorHttpBytes } from "./errors.js";
 import { startPinger } from "./pinger.js";
@@ -19,6 +27,8 @@ import { connectRequestFor } from "./unary.js";
 
 export interface HrpcStreamOptions {
   readonly methods: ReadonlyMap<string, RpcMethod>;
+  readonly callerOf: (req: IncomingMessage) => Caller;
+  readonly streams: Pick<StreamSlots, "acquire">;
   readonly logger: Logger;
   readonly readMaxBytes: number;
   /** How long a WebSocket may take to send its request. */
@@ -75,8 +85,18 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
       return refuse(bad("not a WebSocket handshake (RFC 6455, version 13)"));
     }
     const authorization = req.headers.authorization ?? tokenFromSubprotocols(offered);
+    const caller = options.callerOf(req);
+    // Each open WebSocket holds one of its address's stream slots, from the
+    // handshake until it closes (also while it has not sent its request).
+    let release: () => void;
+    try {
+      release = options.streams.acquire(caller.address);
+    } catch (err) {
+      return refuse(failureOf(err, "handler", true));
+    }
+    socket.once("close", release);
     wss.handleUpgrade(req, socket, head, (ws) => {
-      run(ws, req, method, call, authorization).catch((err: unknown) => {
+      run(ws, req, method, call, authorization, caller).catch((err: unknown) => {
         recordFailure(
           logger,
           call,
@@ -117,6 +137,7 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
     method: RpcMethod,
     call: CallRecord,
     authorization: string | undefined,
+    caller: Caller,
   ): Promise<void> {
     const abort = new AbortController();
     startPinger(ws, options.pingIntervalMs);
@@ -142,6 +163,8 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
         signal: abort.signal,
         authorization,
         call,
+        caller,
+        streamSlotHeld: true,
       }),
     );
     if (uRes.body) {

@@ -3,6 +3,7 @@ import type { Http2ServerResponse } from "node:http2";
 import { createContextValues } from "@connectrpc/connect";
 import { readAllBytes, type UniversalServerRequest } from "@connectrpc/connect/protocol";
 import type { Logger } from "pino";
+import { type Caller, callerKey, streamSlotHeldKey } from "../../caller.js";
 import { hrpcErrors } from "../../errors.js";
 import {
   type CallRecord,
@@ -26,6 +27,9 @@ export function connectRequestFor(
     signal: AbortSignal;
     authorization: string | undefined;
     call: CallRecord;
+    caller: Caller;
+    /** The WebSocket already holds one of the caller's stream slots. */
+    streamSlotHeld?: boolean;
   },
 ): UniversalServerRequest {
   const header = new Headers({ "content-type": init.contentType });
@@ -37,7 +41,10 @@ export function connectRequestFor(
     header,
     body: init.body,
     signal: init.signal,
-    contextValues: createContextValues().set(callRecordKey, init.call),
+    contextValues: createContextValues()
+      .set(callRecordKey, init.call)
+      .set(callerKey, init.caller)
+      .set(streamSlotHeldKey, init.streamSlotHeld ?? false),
   };
 }
 
@@ -55,6 +62,7 @@ function send(res: NodeResponse, failure: Failure): void {
 export async function serveUnary(
   methods: ReadonlyMap<string, RpcMethod>,
   logger: Logger,
+  caller: Caller,
   req: NodeRequest,
   res: NodeResponse,
 ): Promise<void> {
@@ -82,6 +90,7 @@ export async function serveUnary(
       signal: abort.signal,
       authorization: req.headers.authorization,
       call,
+      caller,
     }),
   );
   if (call.failure) return send(res, call.failure);

@@ -7,6 +7,7 @@ import {
 } from "@connectrpc/connect-node";
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
 import type { Logger } from "pino";
+import { type Caller, callerKey } from "../../caller.js";
 import { callRecordKey } from "./failure.js";
 import type { RpcMethod, RpcRouter } from "./router.js";
 
@@ -15,13 +16,19 @@ import type { RpcMethod, RpcRouter } from "./router.js";
  * unread for the router to admit, and answers written straight to Node's
  * response (Connect streams must not pass through Fastify's serialisation).
  */
-export function rpcRoutes(router: RpcRouter, logger: Logger): FastifyPluginAsync {
+export function rpcRoutes(
+  router: RpcRouter,
+  logger: Logger,
+  callerFor: (req: FastifyRequest["raw"]) => Caller,
+): FastifyPluginAsync {
   return async (app) => {
     // In this plugin's scope only: the router reads every body itself.
     app.removeAllContentTypeParsers();
     app.addContentTypeParser("*", (_req, _payload, done) => done(null));
     for (const method of router.methods.values()) {
-      app.all(method.requestPath, (request, reply) => serve(method, request, reply, logger));
+      app.all(method.requestPath, (request, reply) =>
+        serve(method, request, reply, logger, callerFor),
+      );
     }
   };
 }
@@ -48,6 +55,7 @@ async function serve(
   request: FastifyRequest,
   reply: FastifyReply,
   logger: Logger,
+  callerFor: (req: FastifyRequest["raw"]) => Caller,
 ): Promise<void> {
   reply.hijack();
   let uReq: ReturnType<typeof universalRequestFromNodeRequest>;
@@ -56,7 +64,9 @@ async function serve(
       request.raw,
       reply.raw,
       undefined,
-      createContextValues().set(callRecordKey, { failure: undefined }),
+      createContextValues()
+        .set(callRecordKey, { failure: undefined })
+        .set(callerKey, callerFor(request.raw)),
     );
   } catch {
     // The URL cannot be formed from the Host header (or :authority).

@@ -1,0 +1,57 @@
+import type { Logger } from "pino";
+import type { Caller } from "./caller.js";
+
+/**
+ * Security events, one structured `info` line each, under `audit`: who (the
+ * client address, the user ID where known, the flow's ID hash) and what, with
+ * a reason category for refusals. Never a token, auth_id, password or key:
+ * callers pass only the fields below, and the flow is named by the first
+ * bytes of the SHA-256 the database keys it by.
+ */
+export type AuditEvent =
+  | "login.succeeded"
+  | "login.failed"
+  | "login.throttled"
+  | "registration.succeeded"
+  | "registration.refused"
+  | "limit.exceeded"
+  | "federation.login.succeeded"
+  | "federation.login.refused"
+  | "federation.token.issued"
+  | "key.rotated";
+
+export interface AuditFields {
+  readonly caller?: Caller;
+  readonly userId?: bigint;
+  /** The flow's lookup key (SHA-256 of the auth_id). */
+  readonly flowKey?: Buffer;
+  /** A short category: `bad-credentials`, `already-registered`, `token-replayed`… */
+  readonly reason?: string;
+  readonly homeserver?: string;
+  readonly keyId?: number;
+  readonly limit?: string;
+}
+
+export interface Audit {
+  record(event: AuditEvent, fields?: AuditFields): void;
+}
+
+export function createAudit(logger: Logger): Audit {
+  return {
+    record(event, fields = {}) {
+      logger.info(
+        {
+          audit: event,
+          ...(fields.caller ? { address: fields.caller.address } : {}),
+          ...(fields.userId === undefined ? {} : { userId: fields.userId.toString() }),
+          ...(fields.flowKey ? { flow: fields.flowKey.toString("hex").slice(0, 16) } : {}),
+          ...(fields.reason ? { reason: fields.reason } : {}),
+          ...(fields.homeserver ? { homeserver: fields.homeserver } : {}),
+          ...(fields.keyId === undefined ? {} : { keyId: fields.keyId }),
+          ...(fields.limit ? { limit: fields.limit } : {}),
+        },
+        `audit: ${event}`,
+      );
+    },
+  };
+}
