@@ -1,7 +1,7 @@
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createClient } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import { afterAll, describe, expect, it } from "vitest";
 import type { AuthStep } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
@@ -184,3 +184,51 @@ describe.skipIf(postgresBackend === undefined)("two homeservers as processes", (
     expect(await b.stop()).toBe(0);
   });
 });
+
+describe.skipIf(postgresBackend === undefined)(
+  "limits shared by two processes on one Postgres",
+  () => {
+    let database: TestDatabase;
+    afterAll(async () => {
+      await database?.close();
+    });
+
+    it("enforces one BeginAuth rate and one login schedule across both", async () => {
+      database = await (postgresBackend as NonNullable<typeof postgresBackend>).open();
+      const env = {
+        DATABASE_URL: database.url ?? "",
+        LIMIT_BEGIN_AUTH: "6/1m",
+        LOGIN_FAILURES_BEFORE_DELAY: "4",
+        LOGIN_FIRST_DELAY: "1h",
+        ARGON2_MEMORY_KIB: "64",
+        ARGON2_ITERATIONS: "1",
+      };
+      const [a, b] = await Promise.all([start(env), start(env)]);
+      const onA = clientFor(a);
+      const onB = clientFor(b);
+      // Three flows on each: the budget of six is spent between them.
+      const ids: string[] = [];
+      for (const c of [onA, onB, onA, onB, onA, onB]) ids.push((await c.beginAuth({})).authId);
+      for (const c of [onA, onB]) {
+        await expect(c.beginAuth({})).rejects.toMatchObject({ code: Code.ResourceExhausted });
+      }
+      // Four failed logins, two on each: the fifth attempt waits, on either process.
+      const guess = async (c: typeof onA, authId: string) => {
+        await c.nextStep({ authId });
+        await choose(c, authId, "login");
+        return submitForm(c, authId, [text("victim@example.org"), bytes("not the password")]);
+      };
+      for (const [i, c] of [onA, onB, onA, onB].entries()) {
+        await expect(guess(c, ids[i] ?? "")).rejects.toMatchObject({ code: Code.Unauthenticated });
+      }
+      await expect(guess(onB, ids[4] ?? "")).rejects.toMatchObject({
+        code: Code.ResourceExhausted,
+      });
+      await expect(guess(onA, ids[5] ?? "")).rejects.toMatchObject({
+        code: Code.ResourceExhausted,
+      });
+      expect(await a.stop()).toBe(0);
+      expect(await b.stop()).toBe(0);
+    });
+  },
+);

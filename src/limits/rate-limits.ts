@@ -1,7 +1,7 @@
 import { RateLimiterMemory, RateLimiterPostgres, RateLimiterRes } from "rate-limiter-flexible";
 import type { LimitsConfig } from "../config.js";
 import type { Database } from "../db/database.js";
-import { HarmonyError } from "../errors.js";
+import { HarmonyError, hrpcErrors } from "../errors.js";
 import type { Rate } from "../setting-parsers.js";
 import { limitErrors } from "./limit-errors.js";
 
@@ -26,12 +26,22 @@ interface Limiter {
   consume(key: string): Promise<unknown>;
 }
 
+/** A store limiter, and the memory one that decides while the database cannot be reached. */
+interface InsuredLimiter {
+  readonly store: Limiter;
+  readonly memory: Limiter;
+}
+
+const isDatabaseOutage = (err: unknown): boolean =>
+  err instanceof HarmonyError && err.spec.identifier === hrpcErrors.unavailable.identifier;
+
 /**
  * Per-address rates with rate-limiter-flexible: on Postgres its
  * RateLimiterPostgres store (one upsert per call, shared by every replica),
- * through cadenza's own database port so it gets the same timeouts, with a
- * RateLimiterMemory of the same rate as insurance while the database cannot
- * be reached; on embedded PGlite, in memory (one process holds the database).
+ * through cadenza's own database port so it gets the same timeouts, and a
+ * RateLimiterMemory of the same rate deciding while the database cannot be
+ * reached (any other store error is a bug and fails the call, so it is seen);
+ * on embedded PGlite, in memory (one process holds the database).
  * A client over its budget is then blocked in memory for the rest of the
  * window, so a flood costs no database writes.
  */
@@ -44,7 +54,7 @@ export function createRateLimits(deps: {
   const storeClient = {
     query: (q: { text: string; values?: unknown[] }) => db.query(q.text, q.values ?? []),
   };
-  const limiters = new Map<RateKind, Limiter>();
+  const limiters = new Map<RateKind, InsuredLimiter>();
   for (const kind of rateKinds) {
     const rate: Rate | undefined = config[kind];
     if (!rate) continue;
@@ -53,21 +63,22 @@ export function createRateLimits(deps: {
       points: rate.points,
       duration: Math.ceil(rate.durationMs / 1000),
     };
-    limiters.set(
-      kind,
-      db.kind === "postgres"
-        ? new RateLimiterPostgres({
-            ...options,
-            storeClient,
-            storeType: "client",
-            tableName: "rate_limits",
-            tableCreated: true,
-            clearExpiredByTimeout: false,
-            inMemoryBlockOnConsumed: rate.points,
-            insuranceLimiter: new RateLimiterMemory(options),
-          })
-        : new RateLimiterMemory(options),
-    );
+    const memory = new RateLimiterMemory(options);
+    limiters.set(kind, {
+      memory,
+      store:
+        db.kind === "postgres"
+          ? new RateLimiterPostgres({
+              ...options,
+              storeClient,
+              storeType: "client",
+              tableName: "rate_limits",
+              tableCreated: true,
+              clearExpiredByTimeout: false,
+              inMemoryBlockOnConsumed: rate.points,
+            })
+          : memory,
+    });
   }
 
   return {
@@ -75,7 +86,10 @@ export function createRateLimits(deps: {
       const limiter = limiters.get(kind);
       if (!limiter) return;
       try {
-        await limiter.consume(address);
+        await limiter.store.consume(address).catch((err: unknown) => {
+          if (!isDatabaseOutage(err)) throw err;
+          return limiter.memory.consume(address);
+        });
       } catch (err) {
         if (!(err instanceof RateLimiterRes)) throw err;
         const seconds = Math.max(1, Math.ceil(err.msBeforeNext / 1000));
@@ -87,6 +101,7 @@ export function createRateLimits(deps: {
     },
     async sweep() {
       if (db.kind !== "postgres" || limiters.size === 0) return 0;
+      // rate-limiter-flexible keeps its own time (Date.now), so the sweep does too.
       const result = await db.query("DELETE FROM rate_limits WHERE expire < $1", [Date.now()]);
       return result.rowCount;
     },

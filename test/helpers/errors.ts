@@ -1,5 +1,6 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { expect } from "vitest";
+import { HarmonyError } from "../../src/errors.js";
 import { ErrorSchema } from "../../src/gen/hrpc/v1/hrpc_pb.js";
 
 /** The code, Harmony identifier and message an RPC failed with. */
@@ -9,6 +10,15 @@ export async function rpcError(
   try {
     await (typeof call === "function" ? call() : call);
   } catch (err) {
+    // Domain calls throw HarmonyErrors; RPCs, ConnectErrors carrying their detail.
+    if (err instanceof HarmonyError) {
+      return {
+        code: err.code,
+        codeName: Code[err.code],
+        identifier: err.identifier,
+        message: err.message,
+      };
+    }
     const e = ConnectError.from(err);
     return {
       code: e.code,

@@ -9,11 +9,12 @@ CREATE TABLE login_failures (
 CREATE INDEX login_failures_last_failure_at ON login_failures (last_failure_at);
 
 -- Per-address rate counters, in rate-limiter-flexible's RateLimiterPostgres
--- layout (it is told the table exists). `expire` is epoch milliseconds.
+-- layout (it is told the table exists). `expire` is epoch milliseconds, as a
+-- float8 so that it reads back as a number (cadenza reads int8 as bigint).
 CREATE TABLE rate_limits (
   key             varchar(255) PRIMARY KEY,
   points          int4 NOT NULL DEFAULT 0,
-  expire          int8
+  expire          float8
 );
 CREATE INDEX rate_limits_expire ON rate_limits (expire);
 

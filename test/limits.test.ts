@@ -1,0 +1,354 @@
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { Code, createClient } from "@connectrpc/connect";
+import { pino } from "pino";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type AppContext, createAppContext } from "../src/app-context.js";
+import type { PasswordHasher } from "../src/auth/password-hasher.js";
+import { ErrorSchema, RetryInfoSchema } from "../src/gen/hrpc/v1/hrpc_pb.js";
+import { AuthService, BeginAuthRequestSchema } from "../src/gen/protocol/auth/v1/auth_pb.js";
+import { createGate } from "../src/limits/admission.js";
+import { delayAfter } from "../src/limits/login-throttle.js";
+import { type RunningServer, startServer } from "../src/server/listener.js";
+import {
+  countingHasher,
+  createTestApp,
+  fastHasher,
+  type TestApp,
+  testConfig,
+} from "./helpers/app.js";
+import { backends, pglite, type TestDatabase } from "./helpers/databases.js";
+import { expectRpcError, rpcError } from "./helpers/errors.js";
+import { bytes, newUser, openForm, register, submitForm, text } from "./helpers/flow.js";
+import { protocols, transportFactory } from "./helpers/server.js";
+
+const schedule = {
+  LOGIN_FAILURES_BEFORE_DELAY: "5",
+  LOGIN_FIRST_DELAY: "1s",
+  LOGIN_MAX_DELAY: "15m",
+  LOGIN_FAILURE_RESET: "12h",
+};
+
+describe("the login delay schedule", () => {
+  const s = {
+    failuresBeforeDelay: 5,
+    firstDelayMs: 1000,
+    maxDelayMs: 900_000,
+    resetMs: 43_200_000,
+  };
+  it.each([
+    [0, 0],
+    [4, 0],
+    [5, 1000],
+    [6, 2000],
+    [7, 4000],
+    [14, 512_000],
+    [15, 900_000],
+    [500, 900_000],
+  ])("after %d failures the next attempt waits %d ms", (failures, wait) =>
+    expect(delayAfter(failures, s)).toBe(wait),
+  );
+});
+
+describe("the argon2id gate", () => {
+  it("refuses at once beyond in-flight plus queued, and admits again as work ends", async () => {
+    const gate = createGate({ inFlight: 1, queued: 1 });
+    let finish: () => void = () => {};
+    const slow = () => new Promise<string>((r) => (finish = () => r("done")));
+    const first = gate.run(slow);
+    const second = gate.run(async () => "second");
+    await expectRpcError(
+      gate.run(async () => "third"),
+      Code.ResourceExhausted,
+      "hrpc.resource-exhausted",
+    );
+    expect([gate.inFlight, gate.queued]).toEqual([1, 1]);
+    finish();
+    expect(await Promise.all([first, second])).toEqual(["done", "second"]);
+    expect(await gate.run(async () => "again")).toBe("again");
+    expect([gate.inFlight, gate.queued]).toEqual([0, 0]);
+  });
+});
+
+describe.each(backends)("limits on $name", (backend) => {
+  let database: TestDatabase;
+  let app: TestApp;
+  const counted = countingHasher();
+
+  beforeAll(async () => {
+    database = await backend.open();
+    app = await createTestApp(database.db, { env: schedule, hasher: counted.hasher });
+  });
+  afterAll(async () => {
+    await app?.close();
+    await database?.close();
+  });
+
+  /** One login attempt: "ok", "bad", or the seconds to wait. */
+  async function attempt(email: string, password: string): Promise<"ok" | "bad" | number> {
+    const authId = await openForm(app.client, "login");
+    try {
+      await submitForm(app.client, authId, [text(email), bytes(password)]);
+      return "ok";
+    } catch (err) {
+      const e = await rpcError(Promise.reject(err));
+      if (e.identifier === "h.bad-password\nh.bad-email") return "bad";
+      expect({ code: e.codeName, identifier: e.identifier }).toEqual({
+        code: "ResourceExhausted",
+        identifier: "hrpc.resource-exhausted",
+      });
+      const match = /wait (\d+) s/.exec(e.message);
+      return Number(match?.[1]);
+    }
+  }
+
+  it("delays a guessed account on the schedule, checks no password while delayed, and resets on success", async () => {
+    const user = newUser();
+    await register(app.client, user);
+    const answers: (string | number)[] = [];
+    for (let i = 0; i < 5; i++) answers.push(await attempt(user.email, "wrong password!"));
+    expect(answers).toEqual(["bad", "bad", "bad", "bad", "bad"]);
+    const verifies = counted.calls.verify.length;
+    expect(await attempt(user.email, user.password)).toBe(1);
+    expect(counted.calls.verify.length).toBe(verifies);
+    app.clock.advance(1000);
+    expect(await attempt(user.email, "wrong password!")).toBe("bad");
+    expect(await attempt(user.email, user.password)).toBe(2);
+    app.clock.advance(2000);
+    expect(await attempt(user.email, user.password)).toBe("ok");
+    // The success forgot every failure.
+    for (let i = 0; i < 5; i++) expect(await attempt(user.email, "wrong password!")).toBe("bad");
+  });
+
+  it("throttles an unknown email exactly as a known one", async () => {
+    const known = newUser();
+    await register(app.client, known);
+    const unknown = newUser();
+    const run = async (email: string) => {
+      const seen: (string | number)[] = [];
+      for (let i = 0; i < 7; i++) seen.push(await attempt(email, "wrong password!"));
+      app.clock.advance(1000);
+      seen.push(await attempt(email, "wrong password!"));
+      return seen;
+    };
+    const a = await run(known.email);
+    const b = await run(unknown.email);
+    expect(a).toEqual(["bad", "bad", "bad", "bad", "bad", 1, 1, "bad"]);
+    expect(b).toEqual(a);
+  });
+
+  it("caps the wait at LOGIN_MAX_DELAY and forgets failures after LOGIN_FAILURE_RESET", async () => {
+    const user = newUser();
+    for (let i = 0; i < 5; i++) await attempt(user.email, "x wrong password");
+    for (let i = 0; i < 12; i++) {
+      app.clock.advance(15 * 60_000);
+      expect(await attempt(user.email, "x wrong password")).toBe("bad");
+    }
+    expect(await attempt(user.email, "x wrong password")).toBe(900);
+    app.clock.advance(12 * 3_600_000);
+    expect(await attempt(user.email, "x wrong password")).toBe("bad");
+  });
+
+  it("refuses BeginAuth from an address beyond LIMIT_LIVE_FLOWS, and not from another", async () => {
+    const capped = await createTestApp(database.db, { env: { LIMIT_LIVE_FLOWS: "3" } });
+    try {
+      const from = (address: string) => ({ address, userAgent: undefined });
+      for (let i = 0; i < 3; i++) await capped.ctx.flows.begin(from("203.0.113.7"));
+      await expectRpcError(
+        capped.ctx.flows.begin(from("203.0.113.7")),
+        Code.ResourceExhausted,
+        "hrpc.resource-exhausted",
+      );
+      await capped.ctx.flows.begin(from("203.0.113.8"));
+    } finally {
+      await capped.close();
+    }
+  });
+});
+
+describe("limits on a real server", () => {
+  let database: TestDatabase;
+  let ctx: AppContext;
+  let server: RunningServer;
+  const transports = transportFactory();
+  const fromSix = transportFactory({ localAddress: "127.0.0.6" });
+  const lines: Record<string, unknown>[] = [];
+
+  beforeAll(async () => {
+    database = await pglite.open();
+    ctx = await createAppContext(
+      testConfig({
+        ...schedule,
+        LOG_LEVEL: "trace",
+        LIMIT_BEGIN_AUTH: "5/1m",
+        TRUSTED_PROXIES: "127.0.0.2/32",
+      }),
+      {
+        db: database.db,
+        hasher: fastHasher,
+        logger: pino({ level: "trace" }, { write: (l: string) => lines.push(JSON.parse(l)) }),
+        background: false,
+      },
+    );
+    server = await startServer(ctx);
+  });
+  afterAll(async () => {
+    transports.closeAll();
+    fromSix.closeAll();
+    await server?.close();
+    await ctx?.close();
+    await database?.close();
+  });
+
+  /** A BeginAuth over hRPC from `localAddress`, sending `forwarded` as X-Forwarded-For. */
+  const hrpcBegin = (localAddress: string, forwarded?: string) =>
+    new Promise<{ status: number; headers: Record<string, unknown>; body: Buffer }>(
+      (resolve, reject) => {
+        const url = new URL(`${server.url}/protocol.auth.v1.AuthService/BeginAuth`);
+        import("node:http").then(({ request }) => {
+          const req = request(
+            url,
+            {
+              method: "POST",
+              localAddress,
+              headers: {
+                "content-type": "application/hrpc",
+                ...(forwarded ? { "x-forwarded-for": forwarded } : {}),
+              },
+            },
+            (res) => {
+              const chunks: Buffer[] = [];
+              res.on("data", (c: Buffer) => chunks.push(c));
+              res.on("end", () =>
+                resolve({
+                  status: res.statusCode ?? 0,
+                  headers: res.headers,
+                  body: Buffer.concat(chunks),
+                }),
+              );
+            },
+          );
+          req.on("error", reject);
+          req.end(toBinary(BeginAuthRequestSchema, create(BeginAuthRequestSchema, {})));
+        }, reject);
+      },
+    );
+
+  it("holds a BeginAuth flood from one address while another is served, with hRPC's 429 and Retry-After", async () => {
+    for (let i = 0; i < 5; i++) expect((await hrpcBegin("127.0.0.3")).status).toBe(200);
+    const refused = await hrpcBegin("127.0.0.3");
+    expect(refused.status).toBe(429);
+    expect(Number(refused.headers["retry-after"])).toBeGreaterThan(0);
+    const error = fromBinary(ErrorSchema, refused.body);
+    expect(error.identifier).toBe("hrpc.resource-exhausted");
+    expect(fromBinary(RetryInfoSchema, error.details).retryAfter).toBeGreaterThan(0);
+    expect((await hrpcBegin("127.0.0.4")).status).toBe(200);
+  });
+
+  it("ignores X-Forwarded-For from an untrusted peer, and believes it from a trusted proxy", async () => {
+    // 127.0.0.5 is not a trusted proxy: its forged header changes nothing.
+    for (let i = 0; i < 5; i++)
+      expect((await hrpcBegin("127.0.0.5", `198.51.100.${i}`)).status).toBe(200);
+    expect((await hrpcBegin("127.0.0.5", "198.51.100.99")).status).toBe(429);
+    // Behind the trusted proxy each forwarded client has its own budget.
+    for (let i = 0; i < 5; i++)
+      expect((await hrpcBegin("127.0.0.2", "192.0.2.10")).status).toBe(200);
+    expect((await hrpcBegin("127.0.0.2", "192.0.2.10")).status).toBe(429);
+    expect((await hrpcBegin("127.0.0.2", "192.0.2.11")).status).toBe(200);
+    // The rightmost untrusted hop is the client: a hop the client wrote itself is not.
+    expect((await hrpcBegin("127.0.0.2", "192.0.2.10, 192.0.2.12")).status).toBe(200);
+  });
+
+  it.each(protocols)("sees the same client address over %s", async (protocol) => {
+    const client = createClient(AuthService, fromSix.create(protocol, server.url));
+    const user = newUser();
+    await register(client, user);
+    const audited = lines.filter(
+      (l) => l.audit === "registration.succeeded" && String(l.userId ?? "") !== "",
+    );
+    expect(audited.at(-1)?.address).toBe("127.0.0.6");
+  });
+
+  it("never logs a token, auth_id, password or key, even at trace", async () => {
+    const client = createClient(AuthService, transports.create("connect-json/http1", server.url));
+    const user = newUser();
+    const authId = await openForm(client, "register");
+    const done = await submitForm(client, authId, [
+      text(user.email),
+      text(user.username),
+      bytes(user.password),
+    ]);
+    const token = done.step?.step.case === "session" ? done.step.step.value.sessionToken : "";
+    await client.checkLoggedIn({}, { headers: { authorization: token } });
+    const loginId = await openForm(client, "login");
+    await submitForm(client, loginId, [text(user.email), bytes(user.password)]);
+    await client
+      .federate({ serverId: "other.example.org:2289" }, { headers: { authorization: token } })
+      .catch(() => {});
+    const all = JSON.stringify(lines);
+    expect(lines.some((l) => l.audit === "login.succeeded")).toBe(true);
+    for (const secret of [
+      token,
+      authId,
+      loginId,
+      user.password,
+      Buffer.from(ctx.serverKeys.current().secretKey).toString("hex"),
+      Buffer.from(ctx.serverKeys.current().secretKey).toString("base64"),
+    ]) {
+      expect(secret.length).toBeGreaterThanOrEqual(8);
+      expect(all).not.toContain(secret);
+    }
+  });
+});
+
+describe("the argon2id gate in a server", () => {
+  it("answers ResourceExhausted at once instead of queueing forever", async () => {
+    const database = await pglite.open();
+    const gates: (() => void)[] = [];
+    // A hasher whose verifications wait until the test lets them go.
+    const stuck: PasswordHasher = {
+      hash: (p) => fastHasher.hash(p),
+      verify: (phc, p) => new Promise((r) => gates.push(() => r(fastHasher.verify(phc, p)))),
+      needsRehash: () => false,
+    };
+    const ctx = await createAppContext(
+      testConfig({ ARGON2_MAX_IN_FLIGHT: "1", ARGON2_MAX_QUEUED: "1" }),
+      { db: database.db, hasher: stuck, logger: pino({ level: "silent" }), background: false },
+    );
+    try {
+      const login = async () => {
+        const id = await ctx.flows.begin();
+        await ctx.flows.advance(id, { kind: "choice", choice: "login" });
+        return ctx.flows.advance(id, {
+          kind: "form",
+          values: [
+            { kind: "string", value: "nobody@example.org" },
+            { kind: "string", value: "some password" },
+          ],
+        });
+      };
+      // Both end in bad credentials, once verified: caught here, checked below.
+      const held = [login(), login()].map((p) =>
+        p.then(
+          () => "ok",
+          (e: unknown) => e,
+        ),
+      );
+      await expect.poll(() => gates.length).toBe(1);
+      const error = await rpcError(login());
+      expect(error).toMatchObject({
+        codeName: "ResourceExhausted",
+        identifier: "hrpc.resource-exhausted",
+      });
+      // Let the verifications go one at a time: the queued login runs when the first ends.
+      gates.shift()?.();
+      await expect.poll(() => gates.length).toBe(1);
+      gates.shift()?.();
+      for (const result of await Promise.all(held)) {
+        expect(result).toMatchObject({ identifier: "h.bad-password\nh.bad-email" });
+      }
+    } finally {
+      await ctx.close();
+      await database.close();
+    }
+  });
+});
