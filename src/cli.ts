@@ -47,6 +47,7 @@ async function main(argv: readonly string[]): Promise<number> {
   const ctx = await createAppContext(config, { logger, background: false });
   try {
     const key = command === "key rotate" ? await ctx.serverKeys.rotate() : ctx.serverKeys.current();
+    if (command === "key rotate") ctx.audit.record("key.rotated", { keyId: key.id });
     process.stdout.write(
       `${command === "key rotate" ? "new current key" : "current key"} ${key.id}: ${Buffer.from(key.publicKey).toString("base64")}\n`,
     );
