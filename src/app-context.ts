@@ -1,9 +1,11 @@
 import { type Logger, pino } from "pino";
 import { type Audit, createAudit } from "./audit.js";
+import { type AccountAdmin, createAccountAdmin } from "./auth/account-admin.js";
 import { loadCommonPasswords } from "./auth/account-rules.js";
 import { type Accounts, createAccounts } from "./auth/accounts.js";
 import type { FlowPolicy } from "./auth/flow-machine.js";
 import { createFlows, type Flows } from "./auth/flows.js";
+import { createInvites, type Invites } from "./auth/invites.js";
 import { createArgon2Hasher, type PasswordHasher } from "./auth/password-hasher.js";
 import { createSessions, type Sessions } from "./auth/sessions.js";
 import { createStepHub, type StepHub } from "./auth/step-hub.js";
@@ -40,6 +42,8 @@ export interface AppContext {
   readonly directory: UserDirectory;
   readonly limits: Limits;
   readonly audit: Audit;
+  readonly accountAdmin: AccountAdmin;
+  readonly invites: Invites;
   /** The schema version this build migrates to; /readyz compares against it. */
   readonly schemaVersion: number;
   /** Background jobs and closers; `lifecycle.runJobs()` runs every job now. */
@@ -215,6 +219,15 @@ export async function createAppContext(
     lifecycle.job({ name: "federation.sweep", everyMs: SWEEP_INTERVAL_MS, run: federation.sweep });
 
     const directory = createUserDirectory({ db, store: stores.directory });
+    const accountAdmin = createAccountAdmin({
+      db,
+      clock,
+      store: stores.accountAdmin,
+      events,
+      audit,
+      sessionIdleTtlMs: config.sessionIdleTtlMs,
+    });
+    const invites = createInvites({ db, clock, store: stores.invites, audit });
 
     if (overrides.background !== false) lifecycle.start();
     return {
@@ -234,6 +247,8 @@ export async function createAppContext(
       directory,
       limits,
       audit,
+      accountAdmin,
+      invites,
       schemaVersion: migrations.at(-1)?.version ?? 0,
       lifecycle,
       close: () => lifecycle.close(),

@@ -18,7 +18,14 @@ export type AuditEvent =
   | "federation.login.succeeded"
   | "federation.login.refused"
   | "federation.token.issued"
-  | "key.rotated";
+  | "key.rotated"
+  | "admin.user.disabled"
+  | "admin.user.enabled"
+  | "admin.user.deleted"
+  | "admin.user.renamed"
+  | "admin.sessions.revoked"
+  | "admin.invite.created"
+  | "admin.invite.revoked";
 
 export interface AuditFields {
   readonly caller?: Caller;

@@ -81,6 +81,8 @@ export async function createAccounts(deps: AccountsDeps): Promise<Accounts> {
       if (!ok || !user || user.passwordHash === null) {
         throw new HarmonyError(authErrors.badCredentials);
       }
+      // Only someone who knows the password learns that the account is disabled.
+      if (user.disabled) throw new HarmonyError(authErrors.userDisabled);
       if (!hasher.needsRehash(hash)) return { userId: user.id };
       return {
         userId: user.id,

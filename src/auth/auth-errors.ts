@@ -85,6 +85,12 @@ export const authErrors = {
     code: Code.InvalidArgument,
     message: "the password is not acceptable",
   },
+  /** cadenza's own: an operator disabled the account (said only to who knows the password). */
+  userDisabled: {
+    identifier: "h.user-disabled",
+    code: Code.PermissionDenied,
+    message: "this account has been disabled by the homeserver's operators",
+  },
   blankSession: {
     identifier: "h.blank-session",
     code: Code.Unauthenticated,

@@ -59,6 +59,7 @@ export interface FlowStore {
 export interface StoredUser {
   readonly id: bigint;
   readonly passwordHash: string | null;
+  readonly disabled: boolean;
 }
 
 export interface NewUser {

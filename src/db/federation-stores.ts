@@ -19,9 +19,10 @@ export function createServerKeyStore(): ServerKeyStore {
         public_key: Uint8Array;
         private_key: Uint8Array;
         encrypted: boolean;
+        created_at: Date;
       }>(
         q,
-        "SELECT id, public_key, private_key, encrypted FROM server_keys ORDER BY id DESC LIMIT 1",
+        "SELECT id, public_key, private_key, encrypted, created_at FROM server_keys ORDER BY id DESC LIMIT 1",
       );
       return (
         row &&
@@ -30,6 +31,7 @@ export function createServerKeyStore(): ServerKeyStore {
           publicKey: row.public_key,
           privateKey: row.private_key,
           encrypted: row.encrypted,
+          createdAt: row.created_at.getTime(),
         } satisfies StoredServerKey)
       );
     },
@@ -106,7 +108,12 @@ export function createForeignUserStore(): ForeignUserStore {
     async upsert(q, user) {
       // The CTE reads the statement's snapshot, so it sees the name before this
       // statement's update (with FOR UPDATE it would follow the row to the new one).
-      const row = await one<{ id: bigint; created: boolean; previous: string | null }>(
+      const row = await one<{
+        id: bigint;
+        created: boolean;
+        previous: string | null;
+        disabled: boolean;
+      }>(
         q,
         `WITH previous AS (
            SELECT username FROM users WHERE homeserver = $3 AND foreign_user_id = $4
@@ -115,7 +122,8 @@ export function createForeignUserStore(): ForeignUserStore {
            VALUES ($1, $2, $3, $4, $5, $6)
            ON CONFLICT (homeserver, foreign_user_id)
            DO UPDATE SET username = EXCLUDED.username, avatar = EXCLUDED.avatar
-           RETURNING id, (xmax = 0) AS created, (SELECT username FROM previous) AS previous`,
+           RETURNING id, (xmax = 0) AS created, (SELECT username FROM previous) AS previous,
+                     disabled_at IS NOT NULL AS disabled`,
         [
           user.id,
           user.username,
@@ -129,6 +137,7 @@ export function createForeignUserStore(): ForeignUserStore {
         id: row.id,
         created: row.created,
         previousUsername: row.previous ?? user.username,
+        disabled: row.disabled,
       };
     },
     async profile(q, userId) {

@@ -40,7 +40,7 @@ export function createSessionStore(): SessionStore {
         `SELECT s.id, s.user_id, s.created_at, s.last_seen_at, s.expires_at,
                 u.username, u.homeserver, u.foreign_user_id
            FROM sessions s JOIN users u ON u.id = s.user_id
-          WHERE s.token_hash = $1`,
+          WHERE s.token_hash = $1 AND u.disabled_at IS NULL`,
         [tokenHash],
       );
       return (

@@ -1,3 +1,5 @@
+import type { AccountAdminStore } from "../auth/account-admin.js";
+import type { InviteStore } from "../auth/invites.js";
 import type { FlowStore, SessionStore, UserStore } from "../auth/stores.js";
 import type { AccountEventStore } from "../events/account-events.js";
 import type {
@@ -8,6 +10,7 @@ import type {
 } from "../federation/stores.js";
 import type { DirectoryStore } from "../homeserver/user-directory.js";
 import type { LoginThrottleStore } from "../limits/login-throttle.js";
+import { createAccountAdminStore } from "./account-admin-store.js";
 import { createAccountEventStore } from "./account-event-store.js";
 import { createDirectoryStore } from "./directory-store.js";
 import {
@@ -17,6 +20,7 @@ import {
   createUsedTokenStore,
 } from "./federation-stores.js";
 import { createFlowStore } from "./flow-store.js";
+import { createInviteStore } from "./invite-store.js";
 import { createLoginThrottleStore } from "./limit-store.js";
 import { createSessionStore } from "./session-store.js";
 import { createUserStore } from "./user-store.js";
@@ -33,6 +37,8 @@ export interface Stores {
   readonly accountEvents: AccountEventStore;
   readonly directory: DirectoryStore;
   readonly loginThrottle: LoginThrottleStore;
+  readonly accountAdmin: AccountAdminStore;
+  readonly invites: InviteStore;
 }
 
 /**
@@ -51,5 +57,7 @@ export function createStores(): Stores {
     accountEvents: createAccountEventStore(),
     directory: createDirectoryStore(),
     loginThrottle: createLoginThrottleStore(),
+    accountAdmin: createAccountAdminStore(),
+    invites: createInviteStore(),
   };
 }

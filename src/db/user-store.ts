@@ -5,12 +5,12 @@ import { maybeOne, uniqueViolation } from "./database.js";
 export function createUserStore(): UserStore {
   return {
     async findByEmailKey(q, emailKey): Promise<StoredUser | undefined> {
-      const row = await maybeOne<{ id: bigint; password_hash: string | null }>(
+      const row = await maybeOne<{ id: bigint; password_hash: string | null; disabled: boolean }>(
         q,
-        "SELECT id, password_hash FROM users WHERE email_key = $1",
+        "SELECT id, password_hash, disabled_at IS NOT NULL AS disabled FROM users WHERE email_key = $1",
         [emailKey],
       );
-      return row && { id: row.id, passwordHash: row.password_hash };
+      return row && { id: row.id, passwordHash: row.password_hash, disabled: row.disabled };
     },
 
     async taken(q, emailKey, usernameKey) {

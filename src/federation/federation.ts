@@ -264,6 +264,7 @@ export function createFederation(deps: FederationDeps): Federation {
               avatar: data.avatar,
               createdAt: now,
             });
+            if (user.disabled) throw new HarmonyError(authErrors.userDisabled);
             const sessionToken = await sessions.create(tx, user.id, caller);
             // Last: recording an event takes the lock that orders events.
             if (user.created) {

@@ -11,6 +11,9 @@ export interface ServerKey {
   readonly id: number;
   readonly publicKey: Uint8Array;
   readonly secretKey: Uint8Array;
+  readonly createdAt: number;
+  /** Whether its seed is stored encrypted (KEY_ENCRYPTION_KEY). */
+  readonly encrypted: boolean;
 }
 
 export interface ServerKeys {
@@ -77,7 +80,13 @@ export async function createServerKeys(deps: ServerKeysDeps): Promise<ServerKeys
         `server key ${stored.id} in the database is corrupt: its halves do not match`,
       );
     }
-    return { id: stored.id, publicKey: stored.publicKey, secretKey: seed };
+    return {
+      id: stored.id,
+      publicKey: stored.publicKey,
+      secretKey: seed,
+      createdAt: stored.createdAt,
+      encrypted: stored.encrypted,
+    };
   };
 
   const seal = (pair: { secretKey: Uint8Array; publicKey: Uint8Array }) =>
@@ -95,15 +104,17 @@ export async function createServerKeys(deps: ServerKeysDeps): Promise<ServerKeys
       const stored = await keyStore.current(tx);
       if (!stored) {
         const pair = generateKeyPair();
-        const id = await keyStore.insert(tx, seal(pair), clock.now());
+        const now = clock.now();
+        const id = await keyStore.insert(tx, seal(pair), now);
         logger.info({ keyId: id }, "generated this server's Ed25519 key");
-        return { id, ...pair };
+        return { id, ...pair, createdAt: now, encrypted: kek !== undefined };
       }
       const key = open(stored);
       if (kek && !stored.encrypted) {
         const sealed = seal(key);
         await keyStore.replacePrivateKey(tx, key.id, sealed.privateKey, true);
         logger.info({ keyId: key.id }, "encrypted the server key with KEY_ENCRYPTION_KEY");
+        return { ...key, encrypted: true };
       }
       return key;
     });
@@ -125,11 +136,12 @@ export async function createServerKeys(deps: ServerKeysDeps): Promise<ServerKeys
     current: () => current,
     async rotate() {
       const pair = generateKeyPair();
+      const now = clock.now();
       const id = await db.transaction(async (tx) => {
         await keyStore.lock(tx);
-        return keyStore.insert(tx, seal(pair), clock.now());
+        return keyStore.insert(tx, seal(pair), now);
       });
-      current = { id, ...pair };
+      current = { id, ...pair, createdAt: now, encrypted: kek !== undefined };
       return current;
     },
     close: unlisten,

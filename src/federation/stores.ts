@@ -7,6 +7,7 @@ export interface StoredServerKey {
   readonly publicKey: Uint8Array;
   readonly privateKey: Uint8Array;
   readonly encrypted: boolean;
+  readonly createdAt: number;
 }
 
 export interface ServerKeyStore {
@@ -61,7 +62,7 @@ export interface ForeignUserStore {
       avatar: string | undefined;
       createdAt: number;
     },
-  ): Promise<{ id: bigint; created: boolean; previousUsername: string }>;
+  ): Promise<{ id: bigint; created: boolean; previousUsername: string; disabled: boolean }>;
   /** A user's profile, for the token their homeserver signs. */
   profile(
     q: Queryable,

@@ -15,8 +15,10 @@ import {
 } from "fastify";
 import type { AppContext } from "../app-context.js";
 import { HarmonyError, hrpcErrors } from "../errors.js";
+import { AdminService } from "../gen/cadenza/admin/v1/admin_pb.js";
 import { HomeserverService } from "../gen/cadenza/homeserver/v1/homeserver_pb.js";
 import { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
+import { createAdminServiceImpl } from "./admin-service.js";
 import { createAuthServiceImpl } from "./auth-service.js";
 import { callerOf, createClientAddressOf } from "./client-address.js";
 import { healthRoutes } from "./health.js";
@@ -55,7 +57,10 @@ function publicSurface(ctx: AppContext): Surface {
 /** The internal port: the homeserver's own services, behind INTERNAL_TOKEN. */
 function internalSurface(ctx: AppContext): Surface {
   return {
-    services: [{ service: HomeserverService, impl: createHomeserverServiceImpl(ctx) }],
+    services: [
+      { service: HomeserverService, impl: createHomeserverServiceImpl(ctx) },
+      { service: AdminService, impl: createAdminServiceImpl(ctx) },
+    ],
     interceptors: [
       errorInterceptor(ctx.logger),
       internalAuthInterceptor(ctx.config.internal.token),

@@ -4,6 +4,7 @@ import { type AppContext, createAppContext } from "../../src/app-context.js";
 import { createArgon2Hasher, type PasswordHasher } from "../../src/auth/password-hasher.js";
 import { type Config, loadConfig } from "../../src/config.js";
 import type { Database } from "../../src/db/database.js";
+import { AdminService } from "../../src/gen/cadenza/admin/v1/admin_pb.js";
 import { HomeserverService } from "../../src/gen/cadenza/homeserver/v1/homeserver_pb.js";
 import { AuthService } from "../../src/gen/protocol/auth/v1/auth_pb.js";
 import { connectRoutes, internalConnectRoutes } from "../../src/server/build-app.js";
@@ -69,6 +70,8 @@ export interface TestApp {
   readonly client: Client<typeof AuthService>;
   /** A HomeserverService client calling the internal port's handlers in memory. */
   readonly homeserver: Client<typeof HomeserverService>;
+  /** An AdminService client, the same way. */
+  readonly admin: Client<typeof AdminService>;
   close(): Promise<void>;
 }
 
@@ -92,6 +95,7 @@ export async function createTestApp(
     clock,
     client: createClient(AuthService, transport(connectRoutes(ctx))),
     homeserver: createClient(HomeserverService, transport(internalConnectRoutes(ctx))),
+    admin: createClient(AdminService, transport(internalConnectRoutes(ctx))),
     close: () => ctx.close(),
   };
 }

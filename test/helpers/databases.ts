@@ -25,7 +25,8 @@ export interface TestBackend {
 const postgresUrl = process.env.TEST_DATABASE_URL?.trim() || undefined;
 
 const tables =
-  "users, sessions, auth_flows, auth_flow_steps, server_keys, remote_server_keys, used_federation_tokens";
+  "users, sessions, auth_flows, auth_flow_steps, server_keys, remote_server_keys, " +
+  "used_federation_tokens, account_events, login_failures, rate_limits, invites";
 
 function wrap(db: Database, url: string | undefined, cleanup: () => Promise<void>): TestDatabase {
   return {
