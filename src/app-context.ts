@@ -225,6 +225,7 @@ export async function createAppContext(
       store: stores.accountAdmin,
       events,
       audit,
+      sessions,
       sessionIdleTtlMs: config.sessionIdleTtlMs,
     });
     const invites = createInvites({ db, clock, store: stores.invites, audit });

@@ -6,6 +6,7 @@ import { type ErrorSpec, HarmonyError } from "../errors.js";
 import type { AccountEvents } from "../events/account-events.js";
 import { validateUsername } from "./account-rules.js";
 import { authErrors } from "./auth-errors.js";
+import type { Sessions } from "./sessions.js";
 
 /**
  * What operators (the admin API) and users themselves (the account service)
@@ -116,11 +117,12 @@ export type AccountAdminDeps = {
   readonly store: AccountAdminStore;
   readonly events: Pick<AccountEvents, "record">;
   readonly audit: Audit;
+  readonly sessions: Pick<Sessions, "evict">;
   readonly sessionIdleTtlMs: number;
 };
 
 export function createAccountAdmin(deps: AccountAdminDeps): AccountAdmin {
-  const { db, clock, store, events, audit } = deps;
+  const { db, clock, store, events, audit, sessions } = deps;
   const unknown = (): never => {
     throw new HarmonyError(adminErrors.unknownUser);
   };
@@ -145,13 +147,15 @@ export function createAccountAdmin(deps: AccountAdminDeps): AccountAdmin {
     },
 
     async disable(userId) {
-      return db.transaction(async (tx) => {
+      const user = await db.transaction(async (tx) => {
         if (await store.setDisabled(tx, userId, clock.now())) {
           await events.record(tx, userId, { kind: "disabled" });
           audit.record("admin.user.disabled", { userId });
         }
         return get(tx, userId);
       });
+      sessions.evict({ userId });
+      return user;
     },
 
     async enable(userId) {
@@ -169,29 +173,32 @@ export function createAccountAdmin(deps: AccountAdminDeps): AccountAdmin {
         if (!(await store.delete(tx, userId))) unknown();
         await events.record(tx, userId, { kind: "deleted" });
       });
+      sessions.evict({ userId });
       audit.record("admin.user.deleted", { userId });
     },
 
     async rename(userId, username) {
       const valid = validateUsername(username);
-      return db.transaction(async (tx) => {
-        const renamed = (await store.rename(tx, userId, valid.username, valid.key)) ?? unknown();
-        if (renamed === "not-local") throw new HarmonyError(adminErrors.notLocal);
-        if (renamed === "taken") {
-          throw new HarmonyError(authErrors.alreadyRegistered, {
-            message: "this username is taken; choose another",
-          });
-        }
-        if (renamed.previous !== valid.username) {
-          await events.record(tx, userId, {
-            kind: "username_changed",
-            oldUsername: renamed.previous,
-            username: valid.username,
-          });
-          audit.record("admin.user.renamed", { userId });
-        }
-        return get(tx, userId);
-      });
+      return db
+        .transaction(async (tx) => {
+          const renamed = (await store.rename(tx, userId, valid.username, valid.key)) ?? unknown();
+          if (renamed === "not-local") throw new HarmonyError(adminErrors.notLocal);
+          if (renamed === "taken") {
+            throw new HarmonyError(authErrors.alreadyRegistered, {
+              message: "this username is taken; choose another",
+            });
+          }
+          if (renamed.previous !== valid.username) {
+            await events.record(tx, userId, {
+              kind: "username_changed",
+              oldUsername: renamed.previous,
+              username: valid.username,
+            });
+            audit.record("admin.user.renamed", { userId });
+          }
+          return get(tx, userId);
+        })
+        .finally(() => sessions.evict({ userId }));
     },
 
     async sessions(userId) {
@@ -207,15 +214,17 @@ export function createAccountAdmin(deps: AccountAdminDeps): AccountAdmin {
       if (ids?.some((id) => !uuidPattern.test(id))) {
         throw new HarmonyError(adminErrors.badSessionId);
       }
-      return db.transaction(async (tx) => {
+      const gone = await db.transaction(async (tx) => {
         await get(tx, userId);
-        const gone = await store.deleteSessions(tx, userId, ids);
-        if (gone.length > 0) {
-          await events.record(tx, userId, { kind: "sessions_revoked", sessionIds: gone });
+        const ended = await store.deleteSessions(tx, userId, ids);
+        if (ended.length > 0) {
+          await events.record(tx, userId, { kind: "sessions_revoked", sessionIds: ended });
           audit.record("admin.sessions.revoked", { userId });
         }
-        return gone;
+        return ended;
       });
+      sessions.evict({ sessionIds: gone });
+      return gone;
     },
   };
 }

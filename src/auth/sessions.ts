@@ -38,6 +38,11 @@ export interface Sessions {
   create(q: Queryable, userId: bigint, caller: Caller): Promise<string>;
   /** The session a token names; throws `h.blank-session` when missing, unknown or expired. */
   authenticate(token: string | undefined): Promise<AuthenticatedSession>;
+  /**
+   * Forgets cached sessions of this process at once, after this process
+   * ended them or changed their user (other replicas hear of it by NOTIFY).
+   */
+  evict(which: { readonly sessionIds: readonly string[] } | { readonly userId: bigint }): void;
   /** Deletes expired sessions; returns how many. */
   sweep(): Promise<number>;
   /** Stops listening for deletions. */
@@ -144,6 +149,16 @@ export async function createSessions({
         expiresAt: Math.min(session.expiresAt, session.lastSeenAt + config.sessionIdleTtlMs),
         user: session.user,
       };
+    },
+
+    evict(which) {
+      deletions++;
+      const gone = "userId" in which ? undefined : new Set(which.sessionIds);
+      for (const [key, s] of cache) {
+        if (gone ? gone.has(s.id) : s.userId === (which as { userId: bigint }).userId) {
+          cache.delete(key);
+        }
+      }
     },
 
     async sweep() {
