@@ -23,6 +23,7 @@ import { createUserDirectory, type UserDirectory } from "./homeserver/user-direc
 import { createLifecycle, type Lifecycle } from "./lifecycle.js";
 import { gatedHasher } from "./limits/admission.js";
 import { createLimits, type Limits } from "./limits/limits.js";
+import { createMetrics, type Metrics } from "./metrics.js";
 
 /** Everything the server is made of, built once by {@link createAppContext}. */
 export interface AppContext {
@@ -44,6 +45,7 @@ export interface AppContext {
   readonly audit: Audit;
   readonly accountAdmin: AccountAdmin;
   readonly invites: Invites;
+  readonly metrics: Metrics;
   /** The schema version this build migrates to; /readyz compares against it. */
   readonly schemaVersion: number;
   /** Background jobs and closers; `lifecycle.runJobs()` runs every job now. */
@@ -60,6 +62,8 @@ export interface AppOverrides {
   /** An open database; the context then does not close it. */
   readonly db?: Database;
   readonly commonPasswords?: ReadonlySet<string>;
+  /** A metrics registry (default: a new one with Node's process metrics). */
+  readonly metrics?: Metrics;
   /** Whether background jobs run on their timers (default true; tests run them by hand). */
   readonly background?: boolean;
   /** Resolves homeservers' names for key fetches (default: the system resolver). */
@@ -131,7 +135,8 @@ export async function createAppContext(
     if (applied.length > 0) logger.info({ applied }, "database migrated");
 
     const stores = createStores();
-    const audit = createAudit(logger);
+    const metrics = overrides.metrics ?? createMetrics();
+    const audit = createAudit(logger, metrics);
     const limits = createLimits({
       db,
       clock,
@@ -207,6 +212,7 @@ export async function createAppContext(
         logger,
         config: config.federation,
         remoteKeyStore: stores.remoteKeys,
+        metrics,
         resolveHost: overrides.resolveHost ?? systemResolveHost,
       }),
       sessions,
@@ -230,6 +236,14 @@ export async function createAppContext(
     });
     const invites = createInvites({ db, clock, store: stores.invites, audit });
 
+    metrics.observe({
+      argon2InFlight: () => limits.argon2.inFlight,
+      argon2Queued: () => limits.argon2.queued,
+      liveFlows: () => flows.liveCount(),
+      eventConsumers: () => events.consumers,
+      pool: () => db.poolStats?.(),
+    });
+
     if (overrides.background !== false) lifecycle.start();
     return {
       config,
@@ -250,6 +264,7 @@ export async function createAppContext(
       audit,
       accountAdmin,
       invites,
+      metrics,
       schemaVersion: migrations.at(-1)?.version ?? 0,
       lifecycle,
       close: () => lifecycle.close(),

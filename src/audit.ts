@@ -1,5 +1,6 @@
 import type { Logger } from "pino";
 import type { Caller } from "./caller.js";
+import type { Metrics } from "./metrics.js";
 
 /**
  * Security events, one structured `info` line each, under `audit`: who (the
@@ -43,9 +44,41 @@ export interface Audit {
   record(event: AuditEvent, fields?: AuditFields): void;
 }
 
-export function createAudit(logger: Logger): Audit {
+/** What each audit event counts in the metrics. */
+function count(metrics: Metrics, event: AuditEvent, fields: AuditFields): void {
+  switch (event) {
+    case "login.succeeded":
+      metrics.login("success");
+      break;
+    case "login.failed":
+      metrics.login(fields.reason === "disabled" ? "disabled" : "bad_credentials");
+      break;
+    case "login.throttled":
+      metrics.limitExceeded("login");
+      metrics.login("throttled");
+      break;
+    case "registration.succeeded":
+      metrics.registration("success");
+      break;
+    case "registration.refused":
+      metrics.registration("refused");
+      break;
+    case "limit.exceeded":
+      metrics.limitExceeded(fields.limit ?? "unknown");
+      break;
+    case "federation.login.succeeded":
+      metrics.federatedLogin("success");
+      break;
+    case "federation.login.refused":
+      metrics.federatedLogin("refused");
+      break;
+  }
+}
+
+export function createAudit(logger: Logger, metrics?: Metrics): Audit {
   return {
     record(event, fields = {}) {
+      if (metrics) count(metrics, event, fields);
       logger.info(
         {
           audit: event,

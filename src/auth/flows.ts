@@ -48,6 +48,8 @@ export interface Flows {
   stream(authId: string, signal: AbortSignal): AsyncGenerator<StepView>;
   /** Deletes expired flows; returns how many. */
   sweep(): Promise<number>;
+  /** Flows neither finished nor expired, on every replica. */
+  liveCount(): Promise<number>;
 }
 
 export type FlowsDeps = {
@@ -127,7 +129,12 @@ export function createFlows(deps: FlowsDeps): Flows {
       const login = await accounts
         .verifyLogin(submission.email, submission.password)
         .catch((err) => {
-          audit.record("login.failed", { caller, flowKey, reason: "bad-credentials" });
+          const disabled = err instanceof HarmonyError && err.spec === authErrors.userDisabled;
+          audit.record("login.failed", {
+            caller,
+            flowKey,
+            reason: disabled ? "disabled" : "bad-credentials",
+          });
           throw err;
         });
       writeAccount = async (tx) => {
@@ -257,6 +264,10 @@ export function createFlows(deps: FlowsDeps): Flows {
 
     sweep() {
       return flowStore.deleteExpired(db, clock.now());
+    },
+
+    liveCount() {
+      return flowStore.countLive(db, clock.now());
     },
   };
 }

@@ -54,6 +54,8 @@ export interface FlowStore {
   stepsAfter(q: Queryable, key: Buffer, seq: number): Promise<StoredStep[]>;
   listenSteps(db: Database, handlers: StepNotificationHandlers): Promise<() => Promise<void>>;
   deleteExpired(q: Queryable, now: number): Promise<number>;
+  /** Flows neither finished nor expired. */
+  countLive(q: Queryable, now: number): Promise<number>;
 }
 
 export interface StoredUser {

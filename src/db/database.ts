@@ -32,6 +32,8 @@ export interface NotificationHandlers {
 
 export interface Database extends Queryable {
   readonly kind: "postgres" | "pglite";
+  /** The connection pool's state, for metrics (Postgres only). */
+  poolStats?(): { total: number; idle: number; waiting: number };
   /**
    * Runs `fn` in a transaction on one connection: committed when `fn` resolves,
    * rolled back when it throws. Code inside must use `tx`, never the database.

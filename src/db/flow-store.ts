@@ -131,6 +131,15 @@ export function createFlowStore(): FlowStore {
       });
     },
 
+    async countLive(q, now) {
+      const row = await maybeOne<{ n: bigint }>(
+        q,
+        "SELECT count(*) AS n FROM auth_flows WHERE NOT done AND expires_at > $1",
+        [new Date(now)],
+      );
+      return Number(row?.n ?? 0);
+    },
+
     async deleteExpired(q, now) {
       const result = await q.query("DELETE FROM auth_flows WHERE expires_at <= $1", [
         new Date(now),

@@ -141,6 +141,7 @@ export function createPostgresDatabase(options: PostgresOptions): Database {
 
   return {
     kind: "postgres",
+    poolStats: () => ({ total: pool.totalCount, idle: pool.idleCount, waiting: pool.waitingCount }),
     query: (sql, params) => onPool((q) => q.query(sql, params)),
     exec: (sql) => onPool((q) => q.exec(sql)),
     async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {

@@ -3,6 +3,7 @@ import type { Clock } from "../clock.js";
 import type { FederationConfig } from "../config.js";
 import type { Queryable } from "../db/database.js";
 import { HarmonyError } from "../errors.js";
+import type { Metrics } from "../metrics.js";
 import { federationErrors } from "./federation-errors.js";
 import { fetchKeyOverHrpc } from "./hrpc-key-client.js";
 import { type CheckedServer, checkServer, type ResolveHost, resolveServer } from "./server-ids.js";
@@ -38,6 +39,7 @@ export type RemoteKeysDeps = {
   >;
   readonly remoteKeyStore: RemoteKeyStore;
   readonly resolveHost: ResolveHost;
+  readonly metrics?: Pick<Metrics, "keyFetch">;
 };
 
 /**
@@ -56,6 +58,7 @@ export type RemoteKeysDeps = {
  */
 export function createRemoteKeys(deps: RemoteKeysDeps): RemoteKeys {
   const { db, clock, logger, config, remoteKeyStore, resolveHost } = deps;
+  const count = (result: Parameters<Metrics["keyFetch"]>[0]) => deps.metrics?.keyFetch(result);
   const unavailable = () => new HarmonyError(federationErrors.homeserverUnavailable);
 
   // In front of the table, so a login with a cached key does no key query;
@@ -105,7 +108,10 @@ export function createRemoteKeys(deps: RemoteKeysDeps): RemoteKeys {
     if (running) return running;
     const until = failedUntil.get(serverId);
     if (until !== undefined) {
-      if (clock.now() < until) throw unavailable();
+      if (clock.now() < until) {
+        count("negative_cache");
+        throw unavailable();
+      }
       failedUntil.delete(serverId);
     }
     if (fetching.size >= config.maxFetches) {
@@ -113,6 +119,7 @@ export function createRemoteKeys(deps: RemoteKeysDeps): RemoteKeys {
         { serverId, inFlight: fetching.size },
         "not fetching a homeserver's key: FEDERATION_MAX_FETCHES fetches are in flight",
       );
+      count("busy");
       throw unavailable();
     }
     const fetched = download(target)
@@ -121,10 +128,12 @@ export function createRemoteKeys(deps: RemoteKeysDeps): RemoteKeys {
           const now = clock.now();
           await remoteKeyStore.put(db, serverId, key, now);
           memory.set(serverId, { publicKey: key, fetchedAt: now });
+          count("fetched");
           return key;
         },
         (err: unknown) => {
           rememberFailure(serverId);
+          count("failed");
           logger.warn(
             { serverId, url: target.baseUrl, err },
             "could not fetch a homeserver's key; answering hrpc.unavailable for FEDERATION_FETCH_FAILURE_TTL",

@@ -6,6 +6,8 @@ import { HarmonyError } from "../errors.js";
 import type { Federation } from "../federation/federation.js";
 import type { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
 import type { Limits } from "../limits/limits.js";
+import type { Metrics } from "../metrics.js";
+import { callRecordKey } from "./rpc/failure.js";
 import { sessionKey } from "./rpc/interceptors.js";
 import { toAuthStep, toFlowInput } from "./steps.js";
 
@@ -13,6 +15,7 @@ export type AuthServiceDeps = {
   readonly flows: Flows;
   readonly federation: Federation;
   readonly limits: Pick<Limits, "streams">;
+  readonly metrics?: Pick<Metrics, "streamOpened" | "streamClosed">;
 };
 
 /**
@@ -21,7 +24,7 @@ export type AuthServiceDeps = {
  * the caller (its address, behind trusted proxies) was put in the context
  * where the request entered.
  */
-export function createAuthServiceImpl({ flows, federation, limits }: AuthServiceDeps) {
+export function createAuthServiceImpl({ flows, federation, limits, metrics }: AuthServiceDeps) {
   return {
     async beginAuth(_req, ctx) {
       return { authId: await flows.begin(ctx.values.get(callerKey)) };
@@ -42,11 +45,14 @@ export function createAuthServiceImpl({ flows, federation, limits }: AuthService
       const release = ctx.values.get(streamSlotHeldKey)
         ? undefined
         : limits.streams.acquire(ctx.values.get(callerKey).address);
+      const transport = ctx.values.get(callRecordKey)?.protocol ?? "in-process";
+      metrics?.streamOpened(transport);
       try {
         for await (const step of flows.stream(req.authId, ctx.signal)) {
           yield { step: toAuthStep(step) };
         }
       } finally {
+        metrics?.streamClosed(transport);
         release?.();
       }
     },

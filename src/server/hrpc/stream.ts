@@ -63,7 +63,7 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
 
   function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer) {
     const path = pathOf(req.url);
-    const call: CallRecord = { failure: undefined };
+    const call: CallRecord = { failure: undefined, protocol: "hrpc" };
     const refuse = (failure: Failure): void => {
       socket.end(hrpcErrorHttpBytes(recordFailure(logger, call, failure, path.slice(1, 200))));
     };

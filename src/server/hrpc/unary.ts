@@ -67,7 +67,7 @@ export async function serveUnary(
   res: NodeResponse,
 ): Promise<void> {
   const path = pathOf(req.url);
-  const call: CallRecord = { failure: undefined };
+  const call: CallRecord = { failure: undefined, protocol: "hrpc" };
   const refuse = (failure: Failure): void =>
     send(res, recordFailure(logger, call, failure, path.slice(1, 200)));
   const bad = (message: string) => failureFor(hrpcErrors.badUnaryRequest, message);

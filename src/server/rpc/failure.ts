@@ -37,6 +37,8 @@ export type FailureOrigin = "request" | "handler";
 export interface CallRecord {
   /** The call's failure, once the boundary has normalised one. */
   failure: Failure | undefined;
+  /** The protocol it came in by (connect, grpc, grpc-web, hrpc), once known. */
+  protocol?: string;
 }
 
 /** The call's record, put in the context by whoever accepted the request. */

@@ -145,6 +145,7 @@ export function createRpcRouter(
         }
         const contentType = req.header.get("content-type") ?? "";
         const format = requestFormat(contentType);
+        if (format) call.protocol ??= format.protocol;
         if (format === undefined || "unsupported" in format) {
           const family = format?.protocol ?? "connect";
           return refuse(
