@@ -409,6 +409,35 @@ describe("envelopes and content types", () => {
     },
   );
 
+  it.each([
+    ["connect-json", "application/json:"],
+    ["connect-proto", "application/proto x"],
+    ["grpc", "application/grpc("],
+    ["grpc-web", "application/grpc-web("],
+  ] as const)(
+    "%s: a Content-Type Fastify cannot parse (%s) is still answered in the family's format",
+    async (protocol, contentType) => {
+      const answer = await send(protocol, "BeginAuth", new Uint8Array(), {
+        "content-type": contentType,
+      });
+      expect(answer).toMatchObject({
+        code: Code.InvalidArgument,
+        identifier: "hrpc.http.bad-unary-request",
+      });
+    },
+  );
+
+  it.each(["", "{", "not json"])(
+    "an unknown method with the JSON body %j is answered not-implemented, not by a JSON parser",
+    async (body) => {
+      const answer = await send("connect-json", "Nope", new TextEncoder().encode(body));
+      expect(answer).toMatchObject({
+        code: Code.Unimplemented,
+        identifier: "hrpc.not-implemented",
+      });
+    },
+  );
+
   it.each(["application/hrpcx", "application/hrpc+json", "text/plain"])(
     "a Content-Type that is not exactly hRPC's (%s) is not served as hRPC",
     async (contentType) => {

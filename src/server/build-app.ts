@@ -14,7 +14,7 @@ import { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
 import { createAuthServiceImpl } from "./auth-service.js";
 import { healthRoutes } from "./health.js";
 import { createHrpcAdapter } from "./hrpc/adapter.js";
-import { answerUnknownMethod, rpcRoutes } from "./rpc/fastify.js";
+import { rpcRoutes } from "./rpc/fastify.js";
 import { authInterceptor, errorInterceptor } from "./rpc/interceptors.js";
 import { createRpcRouter, type RpcService } from "./rpc/router.js";
 
@@ -119,10 +119,6 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
     return reply;
   });
   await app.register(rpcRoutes(router, logger));
-  app.setNotFoundHandler(async (request, reply) => {
-    if (await answerUnknownMethod(router, request, reply, logger)) return reply;
-    return reply.code(404).send({ error: "not found", path: request.url.split("?", 1)[0] });
-  });
 
   await app.ready();
   if (!handler || !http1) throw new Error("fastify did not call serverFactory");
