@@ -286,6 +286,18 @@ describe.each(protocols)("%s", (protocol) => {
     }
   });
 
+  it("answers a path that does not decode (bad percent-encoding) as an unknown method", async () => {
+    const answer = await send(protocol, "%E0%A4%A", nextStepBody(protocol, new Uint8Array(), "{}"));
+    if (protocol === "hrpc") {
+      expect(answer).toMatchObject({ status: 404, identifier: "hrpc.not-found" });
+    } else {
+      expect(answer).toMatchObject({
+        code: Code.Unimplemented,
+        identifier: "hrpc.not-implemented",
+      });
+    }
+  });
+
   it("answers a domain error with its code and Harmony identifier", async () => {
     const message = toBinary(
       NextStepRequestSchema,

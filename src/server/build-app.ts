@@ -4,6 +4,8 @@ import { type ConnectRouter, cors as connectCors, type Interceptor } from "@conn
 import fastifyCors from "@fastify/cors";
 import {
   type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
   type FastifyServerFactoryHandler,
   fastify,
   LogController,
@@ -14,7 +16,7 @@ import { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
 import { createAuthServiceImpl } from "./auth-service.js";
 import { healthRoutes } from "./health.js";
 import { createHrpcAdapter } from "./hrpc/adapter.js";
-import { rpcRoutes } from "./rpc/fastify.js";
+import { answerUnknownMethod, rpcRoutes } from "./rpc/fastify.js";
 import { authInterceptor, errorInterceptor } from "./rpc/interceptors.js";
 import { createRpcRouter, type RpcService } from "./rpc/router.js";
 
@@ -68,8 +70,48 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
   // Every call in flight listens on it: many more than EventTarget's warning threshold.
   setMaxListeners(0, shutdown.signal);
 
+  const router = createRpcRouter(publicServices(ctx), {
+    logger,
+    interceptors: interceptors(ctx),
+    readMaxBytes: config.readMaxBytes,
+    // No call outlives a flow: StreamSteps ends when its flow expires.
+    maxTimeoutMs: config.flowTtlMs + 60_000,
+    shutdownSignal: shutdown.signal,
+  });
+
+  // hRPC goes to the same methods: unary calls by content type, before
+  // Fastify parses a body it does not know; streams by WebSocket upgrade.
+  const hrpc = createHrpcAdapter({
+    methods: router.methods,
+    logger,
+    readMaxBytes: config.readMaxBytes,
+    firstMessageTimeoutMs: config.hrpcStreamRequestTimeoutMs,
+  });
+  /** Serves an hRPC unary call on a hijacked reply. */
+  const serveHrpc = async (request: FastifyRequest, reply: FastifyReply) => {
+    reply.hijack();
+    // Headers set by earlier hooks (CORS) live on the reply, not the raw response.
+    for (const [name, value] of Object.entries(reply.getHeaders())) {
+      if (value !== undefined) reply.raw.setHeader(name, value);
+    }
+    await hrpc.serveUnary(request.raw, reply.raw);
+  };
+
   const app = fastify({
     loggerInstance: logger,
+    // A URL the router cannot decode reaches no hook and no route: it is an
+    // unknown method too, answered in the protocol the request speaks.
+    frameworkErrors: (error, request, reply) => {
+      const answered = hrpc.claims(request.raw)
+        ? serveHrpc(request, reply).then(() => true)
+        : answerUnknownMethod(router, request, reply, logger);
+      answered
+        .then((done) => {
+          // Fastify's own answer otherwise (its error serialised as JSON).
+          if (!done) (reply as FastifyReply).code(error.statusCode ?? 400).send(error);
+        })
+        .catch((err: unknown) => logger.error({ err }, "answering a malformed URL failed"));
+    },
     // Calls are logged by the RPC boundary, not once per request by Fastify.
     logController: new LogController({ disableRequestLogging: true }),
     serverFactory: (h) => {
@@ -91,31 +133,9 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
 
   await app.register(healthRoutes(ctx, shutdown.signal));
 
-  const router = createRpcRouter(publicServices(ctx), {
-    logger,
-    interceptors: interceptors(ctx),
-    readMaxBytes: config.readMaxBytes,
-    // No call outlives a flow: StreamSteps ends when its flow expires.
-    maxTimeoutMs: config.flowTtlMs + 60_000,
-    shutdownSignal: shutdown.signal,
-  });
-
-  // hRPC goes to the same methods: unary calls by content type, before
-  // Fastify parses a body it does not know; streams by WebSocket upgrade.
-  const hrpc = createHrpcAdapter({
-    methods: router.methods,
-    logger,
-    readMaxBytes: config.readMaxBytes,
-    firstMessageTimeoutMs: config.hrpcStreamRequestTimeoutMs,
-  });
-  app.addHook("onRequest", async (req, reply) => {
-    if (!hrpc.claims(req.raw)) return;
-    reply.hijack();
-    // Headers set by earlier hooks (CORS) live on the reply, not the raw response.
-    for (const [name, value] of Object.entries(reply.getHeaders())) {
-      if (value !== undefined) reply.raw.setHeader(name, value);
-    }
-    await hrpc.serveUnary(req.raw, reply.raw);
+  app.addHook("onRequest", async (request, reply) => {
+    if (!hrpc.claims(request.raw)) return;
+    await serveHrpc(request, reply);
     return reply;
   });
   await app.register(rpcRoutes(router, logger));
