@@ -21,6 +21,7 @@ import {
 import { type RunningServer, startServer } from "../src/server/listener.js";
 import { fastHasher, testConfig } from "./helpers/app.js";
 import { pglite, type TestDatabase } from "./helpers/databases.js";
+import { sendWs } from "./helpers/wire.js";
 
 /**
  * The error boundary's contract: every protocol × every kind of failure →
@@ -469,6 +470,39 @@ describe("envelopes and content types", () => {
       "grpc-encoding": "gzip",
     });
     expect(answer).toMatchObject({ code: Code.Unimplemented, identifier: "hrpc.not-implemented" });
+  });
+});
+
+describe("WebSocket handshakes ws itself refuses", () => {
+  const handshake = {
+    connection: "Upgrade",
+    upgrade: "websocket",
+    "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "sec-websocket-version": "13",
+    "sec-websocket-protocol": "hrpc1",
+  };
+  it.each([
+    ["a POST", "POST", {}],
+    ["Upgrade: h2c", "GET", { upgrade: "h2c" }],
+    ["a malformed Sec-WebSocket-Key", "GET", { "sec-websocket-key": "!" }],
+    ["a malformed subprotocol list", "GET", { "sec-websocket-protocol": "hrpc1," }],
+  ])("%s is answered with an hRPC error body", async (_, method, override) => {
+    const answer = await sendWs(
+      server.url,
+      {
+        method,
+        path: path("StreamSteps"),
+        headers: Object.entries({ ...handshake, ...override }),
+        frames: [],
+        ending: "close",
+      },
+      5_000,
+    );
+    expect(answer).toMatchObject({
+      handshake: "refused",
+      answer: { status: 400, identifier: "hrpc.http.bad-streaming-request" },
+    });
+    expect(logged()).toEqual([{ level: "debug", identifier: "hrpc.http.bad-streaming-request" }]);
   });
 });
 
