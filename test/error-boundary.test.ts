@@ -465,6 +465,26 @@ describe("envelopes and content types", () => {
     },
   );
 
+  it.each([
+    ["connect-json", "content-encoding"],
+    ["connect-proto", "content-encoding"],
+    ["grpc", "grpc-encoding"],
+    ["grpc-web", "grpc-encoding"],
+  ] as const)("%s: %s IDENTITY is uncompressed, whatever its case", async (protocol, name) => {
+    for (const value of ["IDENTITY", "Identity"]) {
+      const answer = await send(
+        protocol,
+        "BeginAuth",
+        nextStepBody(protocol, new Uint8Array(), "{}"),
+        {
+          [name]: value,
+        },
+      );
+      expect(answer).toMatchObject({ code: 0, identifier: undefined });
+    }
+    expect(logs.filter((l) => (l.level as number) >= 50)).toEqual([]);
+  });
+
   it("refuses compressed requests it cannot admit with not-implemented", async () => {
     const answer = await send("grpc", "BeginAuth", frame(0, new Uint8Array()), {
       "grpc-encoding": "gzip",

@@ -167,16 +167,24 @@ export function createRpcRouter(
             ),
           );
         }
-        const encoding = req.header.get(requestEncodingHeader(format));
-        if (encoding !== null && encoding.toLowerCase() !== "identity") {
-          return refuse(
-            call,
-            format,
-            failureFor(
-              hrpcErrors.notImplemented,
-              `compressed requests (${encoding}) are not accepted; send the request uncompressed`,
-            ),
-          );
+        let header = req.header;
+        const encoding = header.get(requestEncodingHeader(format));
+        if (encoding !== null) {
+          if (encoding.toLowerCase() !== "identity") {
+            return refuse(
+              call,
+              format,
+              failureFor(
+                hrpcErrors.notImplemented,
+                `compressed requests (${encoding}) are not accepted; send the request uncompressed`,
+              ),
+            );
+          }
+          // Content-codings are case-insensitive (RFC 9110 §8.4.1), but
+          // connect-es knows "identity" only as written: it would refuse
+          // "IDENTITY" inside the runtime. Uncompressed needs no header.
+          header = new Headers(header);
+          header.delete(requestEncodingHeader(format));
         }
         const deadline = req.header.get(timeoutHeader(format.protocol));
         if (!timeoutHeaderValid(format.protocol, deadline, options.maxTimeoutMs)) {
@@ -188,7 +196,7 @@ export function createRpcRouter(
             ),
           );
         }
-        let admitted: UniversalServerRequest = { ...req, contextValues: values };
+        let admitted: UniversalServerRequest = { ...req, header, contextValues: values };
         if (unary) {
           const read = await admitUnary(req, format, method);
           if ("failure" in read) return refuse(call, format, read.failure);
