@@ -21,7 +21,7 @@ import {
 import { type RunningServer, startServer } from "../src/server/listener.js";
 import { fastHasher, testConfig } from "./helpers/app.js";
 import { pglite, type TestDatabase } from "./helpers/databases.js";
-import { sendWs } from "./helpers/wire.js";
+import { sendRaw, sendWs } from "./helpers/wire.js";
 
 /**
  * The error boundary's contract: every protocol × every kind of failure →
@@ -490,6 +490,34 @@ describe("envelopes and content types", () => {
       "grpc-encoding": "gzip",
     });
     expect(answer).toMatchObject({ code: Code.Unimplemented, identifier: "hrpc.not-implemented" });
+  });
+});
+
+describe("requests whose Host header forms no URL", () => {
+  it.each([
+    ["BeginAuth", "application/json", "hrpc.http.bad-unary-request"],
+    ["BeginAuth", "application/proto", "hrpc.http.bad-unary-request"],
+    ["BeginAuth", "application/grpc-web+proto", "hrpc.http.bad-unary-request"],
+    ["StreamSteps", "application/connect+proto", "hrpc.http.bad-streaming-request"],
+  ])("%s as %s is answered as a malformed request", async (method, contentType, identifier) => {
+    const answer = await sendRaw(
+      server.url,
+      {
+        http: "1.1",
+        method: "POST",
+        path: path(method),
+        headers: [
+          ["content-type", contentType],
+          ["host", "a b"],
+        ],
+        body: new Uint8Array(),
+        writes: 1,
+      },
+      5_000,
+    );
+    expect(answer).toMatchObject({ code: Code.InvalidArgument, identifier });
+    if (contentType === "application/json") expect(answer.status).toBe(400);
+    expect(logged()).toEqual([{ level: "debug", identifier }]);
   });
 });
 

@@ -77,8 +77,9 @@ async function serve(
     );
   } catch {
     // The URL cannot be formed from the Host header (or :authority).
-    reply.raw.writeHead(400, { "content-type": "text/plain; charset=utf-8", connection: "close" });
-    reply.raw.end("malformed Host header\n");
+    const host = String(request.headers.host ?? request.headers[":authority"] ?? "");
+    const message = `the Host header (${JSON.stringify(host.slice(0, 100))}) is not a valid host`;
+    await write(method.refuse(request.headers["content-type"] ?? "", message), reply, logger);
     return;
   }
   await write(await method.serve(uReq), reply, logger);

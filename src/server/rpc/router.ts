@@ -70,6 +70,12 @@ export interface RpcMethod {
   readonly procedure: string;
   /** Serves one request on this method's path, in whichever protocol it speaks. */
   serve(req: UniversalServerRequest): Promise<UniversalServerResponse>;
+  /**
+   * Refuses a request on this method's path that cannot even be handed to
+   * `serve` (its Host header forms no URL), as a malformed request in the
+   * protocol its Content-Type names.
+   */
+  refuse(contentType: string, message: string): UniversalServerResponse;
 }
 
 export interface RpcRouter {
@@ -136,6 +142,14 @@ export function createRpcRouter(
       method,
       requestPath,
       procedure,
+      refuse(contentType, message) {
+        const format = requestFormat(contentType);
+        const answer =
+          format === undefined || "unsupported" in format
+            ? fallbackFormat(format?.protocol ?? "connect")
+            : format;
+        return refuse({ failure: undefined }, answer, bad(message));
+      },
       async serve(req) {
         const values = req.contextValues ?? createContextValues();
         let call = values.get(callRecordKey);
