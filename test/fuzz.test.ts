@@ -50,7 +50,7 @@ const unbounded = process.env.FUZZ_RUNS !== undefined;
  * interruptAfterTimeLimit would drop the batch in flight, and with it a
  * failure it was about to report.)
  */
-const PROPERTY_TIME_LIMIT_MS = 6_000;
+const PROPERTY_TIME_LIMIT_MS = 3_000;
 /** No single request may take longer: a hang is a failure. */
 const REQUEST_TIMEOUT_MS = 3_000;
 const READ_MAX_BYTES = 4096;
