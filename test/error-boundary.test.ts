@@ -21,6 +21,7 @@ import {
 import { type RunningServer, startServer } from "../src/server/listener.js";
 import { fastHasher, testConfig } from "./helpers/app.js";
 import { pglite, type TestDatabase } from "./helpers/databases.js";
+import { sendRaw, sendWs } from "./helpers/wire.js";
 
 /**
  * The error boundary's contract: every protocol × every kind of failure →
@@ -286,6 +287,18 @@ describe.each(protocols)("%s", (protocol) => {
     }
   });
 
+  it("answers a path that does not decode (bad percent-encoding) as an unknown method", async () => {
+    const answer = await send(protocol, "%E0%A4%A", nextStepBody(protocol, new Uint8Array(), "{}"));
+    if (protocol === "hrpc") {
+      expect(answer).toMatchObject({ status: 404, identifier: "hrpc.not-found" });
+    } else {
+      expect(answer).toMatchObject({
+        code: Code.Unimplemented,
+        identifier: "hrpc.not-implemented",
+      });
+    }
+  });
+
   it("answers a domain error with its code and Harmony identifier", async () => {
     const message = toBinary(
       NextStepRequestSchema,
@@ -409,6 +422,35 @@ describe("envelopes and content types", () => {
     },
   );
 
+  it.each([
+    ["connect-json", "application/json:"],
+    ["connect-proto", "application/proto x"],
+    ["grpc", "application/grpc("],
+    ["grpc-web", "application/grpc-web("],
+  ] as const)(
+    "%s: a Content-Type Fastify cannot parse (%s) is still answered in the family's format",
+    async (protocol, contentType) => {
+      const answer = await send(protocol, "BeginAuth", new Uint8Array(), {
+        "content-type": contentType,
+      });
+      expect(answer).toMatchObject({
+        code: Code.InvalidArgument,
+        identifier: "hrpc.http.bad-unary-request",
+      });
+    },
+  );
+
+  it.each(["", "{", "not json"])(
+    "an unknown method with the JSON body %j is answered not-implemented, not by a JSON parser",
+    async (body) => {
+      const answer = await send("connect-json", "Nope", new TextEncoder().encode(body));
+      expect(answer).toMatchObject({
+        code: Code.Unimplemented,
+        identifier: "hrpc.not-implemented",
+      });
+    },
+  );
+
   it.each(["application/hrpcx", "application/hrpc+json", "text/plain"])(
     "a Content-Type that is not exactly hRPC's (%s) is not served as hRPC",
     async (contentType) => {
@@ -423,11 +465,92 @@ describe("envelopes and content types", () => {
     },
   );
 
+  it.each([
+    ["connect-json", "content-encoding"],
+    ["connect-proto", "content-encoding"],
+    ["grpc", "grpc-encoding"],
+    ["grpc-web", "grpc-encoding"],
+  ] as const)("%s: %s IDENTITY is uncompressed, whatever its case", async (protocol, name) => {
+    for (const value of ["IDENTITY", "Identity"]) {
+      const answer = await send(
+        protocol,
+        "BeginAuth",
+        nextStepBody(protocol, new Uint8Array(), "{}"),
+        {
+          [name]: value,
+        },
+      );
+      expect(answer).toMatchObject({ code: 0, identifier: undefined });
+    }
+    expect(logs.filter((l) => (l.level as number) >= 50)).toEqual([]);
+  });
+
   it("refuses compressed requests it cannot admit with not-implemented", async () => {
     const answer = await send("grpc", "BeginAuth", frame(0, new Uint8Array()), {
       "grpc-encoding": "gzip",
     });
     expect(answer).toMatchObject({ code: Code.Unimplemented, identifier: "hrpc.not-implemented" });
+  });
+});
+
+describe("requests whose Host header forms no URL", () => {
+  it.each([
+    ["BeginAuth", "application/json", "hrpc.http.bad-unary-request"],
+    ["BeginAuth", "application/proto", "hrpc.http.bad-unary-request"],
+    ["BeginAuth", "application/grpc-web+proto", "hrpc.http.bad-unary-request"],
+    ["StreamSteps", "application/connect+proto", "hrpc.http.bad-streaming-request"],
+  ])("%s as %s is answered as a malformed request", async (method, contentType, identifier) => {
+    const answer = await sendRaw(
+      server.url,
+      {
+        http: "1.1",
+        method: "POST",
+        path: path(method),
+        headers: [
+          ["content-type", contentType],
+          ["host", "a b"],
+        ],
+        body: new Uint8Array(),
+        writes: 1,
+      },
+      5_000,
+    );
+    expect(answer).toMatchObject({ code: Code.InvalidArgument, identifier });
+    if (contentType === "application/json") expect(answer.status).toBe(400);
+    expect(logged()).toEqual([{ level: "debug", identifier }]);
+  });
+});
+
+describe("WebSocket handshakes ws itself refuses", () => {
+  const handshake = {
+    connection: "Upgrade",
+    upgrade: "websocket",
+    "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "sec-websocket-version": "13",
+    "sec-websocket-protocol": "hrpc1",
+  };
+  it.each([
+    ["a POST", "POST", {}],
+    ["Upgrade: h2c", "GET", { upgrade: "h2c" }],
+    ["a malformed Sec-WebSocket-Key", "GET", { "sec-websocket-key": "!" }],
+    ["a malformed subprotocol list", "GET", { "sec-websocket-protocol": "hrpc1," }],
+  ])("%s is answered with an hRPC error body", async (_, method, override) => {
+    const answer = await sendWs(
+      server.url,
+      {
+        method,
+        path: path("StreamSteps"),
+        headers: Object.entries({ ...handshake, ...override }),
+        frames: [],
+        ending: "close",
+      },
+      5_000,
+    );
+    expect(answer).toMatchObject({
+      handshake: "refused",
+      answer: { status: 400, identifier: "hrpc.http.bad-streaming-request" },
+    });
+    expect(logged()).toEqual([{ level: "debug", identifier: "hrpc.http.bad-streaming-request" }]);
   });
 });
 

@@ -9,6 +9,8 @@ import { type ConnectRouter, cors as connectCors, type Interceptor } from "@conn
 import fastifyCors from "@fastify/cors";
 import {
   type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
   type FastifyServerFactoryHandler,
   fastify,
   LogController,
@@ -97,29 +99,6 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
   // Every call in flight listens on it: many more than EventTarget's warning threshold.
   setMaxListeners(0, shutdown.signal);
 
-  const app = fastify({
-    loggerInstance: logger,
-    // Calls are logged by the RPC boundary, not once per request by Fastify.
-    logController: new LogController({ disableRequestLogging: true }),
-    serverFactory: (h) => {
-      handler = h;
-      http1 = createHttp1Server({ headersTimeout: 10_000, requestTimeout: 30_000 }, h);
-      http1.keepAliveTimeout = 5_000;
-      return http1;
-    },
-  });
-
-  await app.register(fastifyCors, {
-    // An exact list; an empty one allows no cross-origin callers.
-    origin: config.corsOrigins.includes("*") ? true : [...config.corsOrigins],
-    methods: [...connectCors.allowedMethods],
-    allowedHeaders: [...connectCors.allowedHeaders, "Authorization"],
-    exposedHeaders: [...connectCors.exposedHeaders, "hrpc-version", "retry-after"],
-    maxAge: 7200,
-  });
-
-  await app.register(healthRoutes(ctx, shutdown.signal));
-
   const surface = publicSurface(ctx);
   const router = createRpcRouter(surface.services, {
     logger,
@@ -145,21 +124,58 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
     readMaxBytes: config.readMaxBytes,
     firstMessageTimeoutMs: config.hrpcStreamRequestTimeoutMs,
   });
-  app.addHook("onRequest", async (req, reply) => {
-    if (!hrpc.claims(req.raw)) return;
+  /** Serves an hRPC unary call on a hijacked reply. */
+  const serveHrpc = async (request: FastifyRequest, reply: FastifyReply) => {
     reply.hijack();
     // Headers set by earlier hooks (CORS) live on the reply, not the raw response.
     for (const [name, value] of Object.entries(reply.getHeaders())) {
       if (value !== undefined) reply.raw.setHeader(name, value);
     }
-    await hrpc.serveUnary(req.raw, reply.raw);
+    await hrpc.serveUnary(request.raw, reply.raw);
+  };
+
+  const app = fastify({
+    loggerInstance: logger,
+    // A URL the router cannot decode reaches no hook and no route: it is an
+    // unknown method too, answered in the protocol the request speaks.
+    frameworkErrors: (error, request, reply) => {
+      const answered = hrpc.claims(request.raw)
+        ? serveHrpc(request, reply).then(() => true)
+        : answerUnknownMethod(router, request, reply, logger);
+      answered
+        .then((done) => {
+          // Fastify's own answer otherwise (its error serialised as JSON).
+          if (!done) (reply as FastifyReply).code(error.statusCode ?? 400).send(error);
+        })
+        .catch((err: unknown) => logger.error({ err }, "answering a malformed URL failed"));
+    },
+    // Calls are logged by the RPC boundary, not once per request by Fastify.
+    logController: new LogController({ disableRequestLogging: true }),
+    serverFactory: (h) => {
+      handler = h;
+      http1 = createHttp1Server({ headersTimeout: 10_000, requestTimeout: 30_000 }, h);
+      http1.keepAliveTimeout = 5_000;
+      return http1;
+    },
+  });
+
+  await app.register(fastifyCors, {
+    // An exact list; an empty one allows no cross-origin callers.
+    origin: config.corsOrigins.includes("*") ? true : [...config.corsOrigins],
+    methods: [...connectCors.allowedMethods],
+    allowedHeaders: [...connectCors.allowedHeaders, "Authorization"],
+    exposedHeaders: [...connectCors.exposedHeaders, "hrpc-version", "retry-after"],
+    maxAge: 7200,
+  });
+
+  await app.register(healthRoutes(ctx, shutdown.signal));
+
+  app.addHook("onRequest", async (request, reply) => {
+    if (!hrpc.claims(request.raw)) return;
+    await serveHrpc(request, reply);
     return reply;
   });
   await app.register(rpcRoutes(router, logger, callerFor));
-  app.setNotFoundHandler(async (request, reply) => {
-    if (await answerUnknownMethod(router, request, reply, logger)) return reply;
-    return reply.code(404).send({ error: "not found", path: request.url.split("?", 1)[0] });
-  });
 
   await app.ready();
   if (!handler || !http1) throw new Error("fastify did not call serverFactory");

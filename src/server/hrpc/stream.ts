@@ -60,6 +60,14 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
     handleProtocols: (protocols) => (protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
   });
   const bad = (message: string) => failureFor(hrpcErrors.badStreamingRequest, message);
+  // A handshake ws itself refuses (not a GET, a wrong Upgrade header, a
+  // malformed key or subprotocol list) is answered here, as hRPC, rather
+  // than with ws's plain-text page; the socket is ours to close.
+  wss.on("wsClientError", (error, socket, req) => {
+    const path = pathOf(req.url);
+    const failure = bad(`not a WebSocket handshake: ${error.message}`);
+    socket.end(hrpcErrorHttpBytes(recordFailure(logger, undefined, failure, path.slice(1, 200))));
+  });
 
   function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer) {
     const path = pathOf(req.url);

@@ -12,9 +12,14 @@ import { callRecordKey } from "./failure.js";
 import type { RpcMethod, RpcRouter } from "./router.js";
 
 /**
- * Hosts the RPC router on Fastify: one route per method path, bodies left
- * unread for the router to admit, and answers written straight to Node's
- * response (Connect streams must not pass through Fastify's serialisation).
+ * Hosts the RPC router on Fastify: one route per method path, and the answer
+ * for every other path, with answers written straight to Node's response
+ * (Connect streams must not pass through Fastify's serialisation).
+ *
+ * Both are served from `onRequest`, before Fastify looks at the request's
+ * Content-Type (it answers a malformed one with its own 415) or parses the
+ * body (its JSON parser answers its own 400): the router admits every
+ * request itself, so each is answered in its protocol's terms.
  */
 export function rpcRoutes(
   router: RpcRouter,
@@ -22,15 +27,25 @@ export function rpcRoutes(
   callerFor: (req: FastifyRequest["raw"]) => Caller,
 ): FastifyPluginAsync {
   return async (app) => {
-    // In this plugin's scope only: the router reads every body itself.
+    // In this plugin's scope only: no body is parsed, not even for a 404.
     app.removeAllContentTypeParsers();
     app.addContentTypeParser("*", (_req, _payload, done) => done(null));
-    for (const method of router.methods.values()) {
-      app.all(method.requestPath, (request, reply) =>
-        serve(method, request, reply, logger, callerFor),
-      );
-    }
+    // Runs for this plugin's routes and for its not-found handler.
+    app.addHook("onRequest", async (request, reply) => {
+      const method = request.is404 ? undefined : router.methods.get(request.routeOptions.url ?? "");
+      if (method) await serve(method, request, reply, logger, callerFor);
+      else await answerUnknownMethod(router, request, reply, logger);
+    });
+    for (const method of router.methods.values()) app.all(method.requestPath, servedOnRequest);
+    app.setNotFoundHandler(async (request, reply) =>
+      reply.code(404).send({ error: "not found", path: request.url.split("?", 1)[0] }),
+    );
   };
+}
+
+/** A route handler never reached: the onRequest hook has hijacked the reply. */
+async function servedOnRequest(): Promise<never> {
+  throw new Error("RPC requests are served from onRequest");
 }
 
 /** Writes a router's answer for a path that is no method, or returns false when it has none. */
@@ -70,8 +85,9 @@ async function serve(
     );
   } catch {
     // The URL cannot be formed from the Host header (or :authority).
-    reply.raw.writeHead(400, { "content-type": "text/plain; charset=utf-8", connection: "close" });
-    reply.raw.end("malformed Host header\n");
+    const host = String(request.headers.host ?? request.headers[":authority"] ?? "");
+    const message = `the Host header (${JSON.stringify(host.slice(0, 100))}) is not a valid host`;
+    await write(method.refuse(request.headers["content-type"] ?? "", message), reply, logger);
     return;
   }
   await write(await method.serve(uReq), reply, logger);

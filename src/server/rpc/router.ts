@@ -70,6 +70,12 @@ export interface RpcMethod {
   readonly procedure: string;
   /** Serves one request on this method's path, in whichever protocol it speaks. */
   serve(req: UniversalServerRequest): Promise<UniversalServerResponse>;
+  /**
+   * Refuses a request on this method's path that cannot even be handed to
+   * `serve` (its Host header forms no URL), as a malformed request in the
+   * protocol its Content-Type names.
+   */
+  refuse(contentType: string, message: string): UniversalServerResponse;
 }
 
 export interface RpcRouter {
@@ -136,6 +142,14 @@ export function createRpcRouter(
       method,
       requestPath,
       procedure,
+      refuse(contentType, message) {
+        const format = requestFormat(contentType);
+        const answer =
+          format === undefined || "unsupported" in format
+            ? fallbackFormat(format?.protocol ?? "connect")
+            : format;
+        return refuse({ failure: undefined }, answer, bad(message));
+      },
       async serve(req) {
         const values = req.contextValues ?? createContextValues();
         let call = values.get(callRecordKey);
@@ -168,16 +182,24 @@ export function createRpcRouter(
             ),
           );
         }
-        const encoding = req.header.get(requestEncodingHeader(format));
-        if (encoding !== null && encoding.toLowerCase() !== "identity") {
-          return refuse(
-            call,
-            format,
-            failureFor(
-              hrpcErrors.notImplemented,
-              `compressed requests (${encoding}) are not accepted; send the request uncompressed`,
-            ),
-          );
+        let header = req.header;
+        const encoding = header.get(requestEncodingHeader(format));
+        if (encoding !== null) {
+          if (encoding.toLowerCase() !== "identity") {
+            return refuse(
+              call,
+              format,
+              failureFor(
+                hrpcErrors.notImplemented,
+                `compressed requests (${encoding}) are not accepted; send the request uncompressed`,
+              ),
+            );
+          }
+          // Content-codings are case-insensitive (RFC 9110 §8.4.1), but
+          // connect-es knows "identity" only as written: it would refuse
+          // "IDENTITY" inside the runtime. Uncompressed needs no header.
+          header = new Headers(header);
+          header.delete(requestEncodingHeader(format));
         }
         const deadline = req.header.get(timeoutHeader(format.protocol));
         if (!timeoutHeaderValid(format.protocol, deadline, options.maxTimeoutMs)) {
@@ -189,7 +211,7 @@ export function createRpcRouter(
             ),
           );
         }
-        let admitted: UniversalServerRequest = { ...req, contextValues: values };
+        let admitted: UniversalServerRequest = { ...req, header, contextValues: values };
         if (unary) {
           const read = await admitUnary(req, format, method);
           if ("failure" in read) return refuse(call, format, read.failure);
