@@ -31,7 +31,15 @@ const types = {
 } as const;
 
 export interface PostgresOptions {
+  /** Where the pool goes: every statement and transaction (DATABASE_URL). */
   readonly connectionString: string;
+  /**
+   * Where the LISTEN connections go (DATABASE_LISTEN_URL; default
+   * `connectionString`): LISTEN needs a session of its own, which a pooler
+   * in transaction mode (PgBouncer) does not give, so this may go straight to
+   * Postgres while `connectionString` goes through the pooler.
+   */
+  readonly listenConnectionString?: string | undefined;
   readonly poolSize: number;
   /**
    * How long getting a connection may take: opening a new one (TCP, startup,
@@ -82,21 +90,37 @@ function decoded(text: string): string {
  * raised them, so they can match SQLSTATEs (`uniqueViolation`).
  */
 export function createPostgresDatabase(options: PostgresOptions): Database {
-  const config: pg.PoolConfig = {
-    connectionString: options.connectionString,
-    max: options.poolSize,
+  const listenConnectionString = options.listenConnectionString ?? options.connectionString;
+  const pooled = listenConnectionString !== options.connectionString;
+  // What every connection gets, pooled or LISTEN.
+  const connection = {
     types,
     // pg-pool applies this both to opening a connection and to waiting for a
     // free one ("timeout exceeded when trying to connect").
     connectionTimeoutMillis: options.connectTimeoutMs,
     query_timeout: options.queryTimeoutMs,
-    statement_timeout: options.queryTimeoutMs,
     // Lets the kernel eventually notice a peer that vanished without closing
     // the connection: a LISTEN connection sends nothing of its own.
     keepAlive: true,
     keepAliveInitialDelayMillis: 30_000,
+  } as const;
+  const startupTimeout = { statement_timeout: options.queryTimeoutMs };
+  const config: pg.PoolConfig = {
+    ...connection,
+    ...startupTimeout,
+    connectionString: options.connectionString,
+    max: options.poolSize,
   };
-  const tracker = createOutageTracker(options.logger, secretsOf(options.connectionString));
+  const listenConfig: pg.ClientConfig = {
+    ...connection,
+    ...startupTimeout,
+    connectionString: listenConnectionString,
+  };
+  const secrets = [...secretsOf(options.connectionString), ...secretsOf(listenConnectionString)];
+  const tracker = createOutageTracker(options.logger, secrets);
+  // A pooler and Postgres fail apart: one tracker for each, or a pool query
+  // through a healthy pooler would log a recovery while LISTEN still fails.
+  const listenTracker = pooled ? createOutageTracker(options.logger, secrets) : tracker;
   const pool = new pg.Pool(config);
   pool.on("error", (err) => {
     if (isConnectionFailure(err, "query")) tracker.failed(err, "idle connection");
@@ -181,10 +205,10 @@ export function createPostgresDatabase(options: PostgresOptions): Database {
     },
     async listen(channel: string, handlers: NotificationHandlers) {
       const stop = await listenWithReconnect(
-        config,
+        listenConfig,
         channel,
         handlers,
-        tracker,
+        listenTracker,
         options.connectTimeoutMs,
       );
       listeners.add(stop);
@@ -272,10 +296,15 @@ async function endClient(client: pg.Client, waitMs: number): Promise<void> {
 /**
  * LISTEN on a dedicated connection (a pooled one would be handed to others),
  * re-established with backoff when it drops. Its failures and recoveries go
- * to the same tracker as the pool's.
+ * to the pool's tracker when both reach the same server.
+ *
+ * It must reach Postgres itself: through PgBouncer in transaction mode the
+ * LISTEN runs on a server connection that goes back to the pool once the
+ * statement ends, and PgBouncer drops what arrives there ("got packet 'A'
+ * from server when not linked"), so notifications never reach this client.
  */
 async function listenWithReconnect(
-  config: pg.PoolConfig,
+  config: pg.ClientConfig,
   channel: string,
   handlers: NotificationHandlers,
   tracker: OutageTracker,
