@@ -35,9 +35,9 @@ export interface PostgresOptions {
   readonly connectionString: string;
   /**
    * Where the LISTEN connections go (DATABASE_LISTEN_URL; default
-   * `connectionString`): LISTEN needs a session of its own, which a pooler
-   * in transaction mode (PgBouncer) does not give, so this may go straight to
-   * Postgres while `connectionString` goes through the pooler.
+   * `connectionString`). A different URL says `connectionString` is a pooler
+   * such as PgBouncer, which gives a client no session of its own: see
+   * {@link createPostgresDatabase}.
    */
   readonly listenConnectionString?: string | undefined;
   readonly poolSize: number;
@@ -88,6 +88,24 @@ function decoded(text: string): string {
  * cannot reach the database fails with {@link databaseUnavailable}
  * (Unavailable, `hrpc.unavailable`); other SQL errors reach callers as pg
  * raised them, so they can match SQLSTATEs (`uniqueViolation`).
+ *
+ * The pool may go through a pooler in transaction mode (PgBouncer's
+ * `pool_mode = transaction`), which hands each transaction, or each statement
+ * outside one, to whichever server connection is free. So nothing cadenza
+ * runs on the pool relies on session state:
+ * - no named prepared statements: pg prepares each parameterised query as the
+ *   unnamed statement, in the same round trip, and no query passes a `name`
+ *   (rate-limiter-flexible names its queries, but src/limits/rate-limits.ts
+ *   forwards only their text and values);
+ * - advisory locks are transaction-scoped only (`pg_advisory_xact_lock`, in
+ *   migrate.ts, federation-stores.ts and account-event-store.ts);
+ * - no `SET` but `SET LOCAL`: the statement timeout is set in each
+ *   transaction (see `transaction` below), and on a pooled
+ *   `connectionString` not sent at start-up at all;
+ * - LISTEN, which needs a session, is on connections of its own to
+ *   `listenConnectionString`, never on the pool.
+ * NOTIFY is `pg_notify` in statements on the pool: Postgres delivers it at
+ * COMMIT, whichever server connection ran it.
  */
 export function createPostgresDatabase(options: PostgresOptions): Database {
   const listenConnectionString = options.listenConnectionString ?? options.connectionString;
@@ -104,13 +122,21 @@ export function createPostgresDatabase(options: PostgresOptions): Database {
     keepAlive: true,
     keepAliveInitialDelayMillis: 30_000,
   } as const;
+  // pg sends statement_timeout as a startup parameter. PgBouncer refuses every
+  // startup parameter it does not know ("unsupported startup parameter:
+  // statement_timeout", 08P01), or drops it when `ignore_startup_parameters`
+  // lists it: session state does not follow a client from one server
+  // connection to the next. So when pooled the pool sends none, and relies on
+  // the SET LOCAL in each transaction (and on the role's setting, README).
   const startupTimeout = { statement_timeout: options.queryTimeoutMs };
   const config: pg.PoolConfig = {
     ...connection,
-    ...startupTimeout,
+    ...(pooled ? {} : startupTimeout),
     connectionString: options.connectionString,
     max: options.poolSize,
   };
+  // Postgres itself takes it, and a DATABASE_LISTEN_URL pointed at PgBouncer
+  // by mistake then fails at start-up instead of losing notifications quietly.
   const listenConfig: pg.ClientConfig = {
     ...connection,
     ...startupTimeout,
@@ -127,6 +153,7 @@ export function createPostgresDatabase(options: PostgresOptions): Database {
     else options.logger.warn({ cause: tracker.describe(err) }, "idle database connection closed");
   });
   const listeners = new Set<() => Promise<void>>();
+  const statementTimeoutMs = Math.trunc(options.queryTimeoutMs);
 
   /** A pooled connection, with errors on it caught while it is checked out. */
   const acquire = async (): Promise<Checkout> => {
@@ -172,7 +199,10 @@ export function createPostgresDatabase(options: PostgresOptions): Database {
       const checkout = await acquire();
       const tx = adapt(checkout, tracker, started);
       try {
-        await tx.exec("BEGIN");
+        // SET LOCAL ends with the transaction, so behind a pooler it holds for
+        // exactly this transaction and never stays on a server connection
+        // handed to another client afterwards. Sent with BEGIN: no extra round trip.
+        await tx.exec(`BEGIN; SET LOCAL statement_timeout = ${statementTimeoutMs}`);
         const result = await fn(tx);
         try {
           await tx.exec("COMMIT");
