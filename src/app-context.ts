@@ -88,11 +88,15 @@ export function createLogger(config: Pick<Config, "logLevel">): Logger {
   });
 }
 
-/** Opens the configured database: Postgres when DATABASE_URL is set, else PGlite. */
+/**
+ * Opens the configured database: Postgres when DATABASE_URL is set (LISTEN on
+ * DATABASE_LISTEN_URL), else PGlite.
+ */
 export async function openDatabase(
   config: Pick<
     Config,
     | "databaseUrl"
+    | "databaseListenUrl"
     | "databasePoolSize"
     | "databaseConnectTimeoutMs"
     | "databaseQueryTimeoutMs"
@@ -105,6 +109,9 @@ export async function openDatabase(
     const { createPostgresDatabase } = await import("./db/postgres.js");
     return createPostgresDatabase({
       connectionString: config.databaseUrl,
+      // The pool and NOTIFY (pg_notify in statements) use DATABASE_URL; only
+      // LISTEN needs a session, which a pooler in transaction mode cannot give.
+      listenConnectionString: config.databaseListenUrl,
       poolSize: config.databasePoolSize,
       connectTimeoutMs: config.databaseConnectTimeoutMs,
       queryTimeoutMs: config.databaseQueryTimeoutMs,

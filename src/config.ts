@@ -41,6 +41,11 @@ export interface Config {
   readonly logLevel: LogLevel;
   /** Postgres connection string; undefined selects embedded PGlite in `dataDir`. */
   readonly databaseUrl: string | undefined;
+  /**
+   * Where the LISTEN connections go: DATABASE_LISTEN_URL, else `databaseUrl`.
+   * A different URL marks `databaseUrl` as a pooler (src/db/postgres.ts).
+   */
+  readonly databaseListenUrl: string | undefined;
   readonly databasePoolSize: number;
   /** How long opening a Postgres connection, or waiting for a pooled one, may take. */
   readonly databaseConnectTimeoutMs: number;
@@ -137,6 +142,10 @@ const crossChecks: readonly ((v: SettingValues) => string | undefined)[] = [
       ? `INTERNAL_HOST=${v.INTERNAL_HOST} is not a loopback address, so INTERNAL_TOKEN must be set: anyone who can reach the internal port could otherwise introspect sessions and sign tokens as this homeserver`
       : undefined,
   (v) =>
+    v.DATABASE_LISTEN_URL !== undefined && v.DATABASE_URL === undefined
+      ? "DATABASE_LISTEN_URL is set but DATABASE_URL is not: LISTEN is for Postgres; set DATABASE_URL too, or unset DATABASE_LISTEN_URL to use PGlite"
+      : undefined,
+  (v) =>
     (v.TLS_CERT === "") !== (v.TLS_KEY === "")
       ? "TLS_CERT and TLS_KEY: set both (PEM file paths) to serve TLS, or neither"
       : undefined,
@@ -191,6 +200,7 @@ function shape(v: SettingValues): Config {
     serverId: v.SERVER_ID ?? `localhost:${v.PORT}`,
     logLevel: v.LOG_LEVEL,
     databaseUrl: v.DATABASE_URL,
+    databaseListenUrl: v.DATABASE_LISTEN_URL ?? v.DATABASE_URL,
     databasePoolSize: v.DATABASE_POOL_SIZE,
     databaseConnectTimeoutMs: v.DATABASE_CONNECT_TIMEOUT,
     databaseQueryTimeoutMs: v.DATABASE_QUERY_TIMEOUT,

@@ -83,6 +83,12 @@ export const settings = {
     parse: postgresUrl,
     doc: "`postgres://…` to use Postgres; unset uses embedded PGlite in `DATA_DIR`",
   }),
+  DATABASE_LISTEN_URL: setting({
+    default: "",
+    shownDefault: "`DATABASE_URL`",
+    parse: postgresUrl,
+    doc: "`postgres://…` for LISTEN only (it needs a session): direct to Postgres when `DATABASE_URL` is a pooler; see _Replicas behind PgBouncer_",
+  }),
   DATABASE_POOL_SIZE: setting({
     default: "10",
     parse: int(1, 1000),

@@ -31,7 +31,15 @@ const types = {
 } as const;
 
 export interface PostgresOptions {
+  /** Where the pool goes: every statement and transaction (DATABASE_URL). */
   readonly connectionString: string;
+  /**
+   * Where the LISTEN connections go (DATABASE_LISTEN_URL; default
+   * `connectionString`). A different URL says `connectionString` is a pooler
+   * such as PgBouncer, which gives a client no session of its own: see
+   * {@link createPostgresDatabase}.
+   */
+  readonly listenConnectionString?: string | undefined;
   readonly poolSize: number;
   /**
    * How long getting a connection may take: opening a new one (TCP, startup,
@@ -80,29 +88,72 @@ function decoded(text: string): string {
  * cannot reach the database fails with {@link databaseUnavailable}
  * (Unavailable, `hrpc.unavailable`); other SQL errors reach callers as pg
  * raised them, so they can match SQLSTATEs (`uniqueViolation`).
+ *
+ * The pool may go through a pooler in transaction mode (PgBouncer's
+ * `pool_mode = transaction`), which hands each transaction, or each statement
+ * outside one, to whichever server connection is free. So nothing cadenza
+ * runs on the pool relies on session state:
+ * - no named prepared statements: pg prepares each parameterised query as the
+ *   unnamed statement, in the same round trip, and no query passes a `name`
+ *   (rate-limiter-flexible names its queries, but src/limits/rate-limits.ts
+ *   forwards only their text and values);
+ * - advisory locks are transaction-scoped only (`pg_advisory_xact_lock`, in
+ *   migrate.ts, federation-stores.ts and account-event-store.ts);
+ * - no `SET` but `SET LOCAL`: the statement timeout is set in each
+ *   transaction (see `transaction` below), and on a pooled
+ *   `connectionString` not sent at start-up at all;
+ * - LISTEN, which needs a session, is on connections of its own to
+ *   `listenConnectionString`, never on the pool.
+ * NOTIFY is `pg_notify` in statements on the pool: Postgres delivers it at
+ * COMMIT, whichever server connection ran it.
  */
 export function createPostgresDatabase(options: PostgresOptions): Database {
-  const config: pg.PoolConfig = {
-    connectionString: options.connectionString,
-    max: options.poolSize,
+  const listenConnectionString = options.listenConnectionString ?? options.connectionString;
+  const pooled = listenConnectionString !== options.connectionString;
+  // What every connection gets, pooled or LISTEN.
+  const connection = {
     types,
     // pg-pool applies this both to opening a connection and to waiting for a
     // free one ("timeout exceeded when trying to connect").
     connectionTimeoutMillis: options.connectTimeoutMs,
     query_timeout: options.queryTimeoutMs,
-    statement_timeout: options.queryTimeoutMs,
     // Lets the kernel eventually notice a peer that vanished without closing
     // the connection: a LISTEN connection sends nothing of its own.
     keepAlive: true,
     keepAliveInitialDelayMillis: 30_000,
+  } as const;
+  // pg sends statement_timeout as a startup parameter. PgBouncer refuses every
+  // startup parameter it does not know ("unsupported startup parameter:
+  // statement_timeout", 08P01), or drops it when `ignore_startup_parameters`
+  // lists it: session state does not follow a client from one server
+  // connection to the next. So when pooled the pool sends none, and relies on
+  // the SET LOCAL in each transaction (and on the role's setting, README).
+  const startupTimeout = { statement_timeout: options.queryTimeoutMs };
+  const config: pg.PoolConfig = {
+    ...connection,
+    ...(pooled ? {} : startupTimeout),
+    connectionString: options.connectionString,
+    max: options.poolSize,
   };
-  const tracker = createOutageTracker(options.logger, secretsOf(options.connectionString));
+  // Postgres itself takes it, and a DATABASE_LISTEN_URL pointed at PgBouncer
+  // by mistake then fails at start-up instead of losing notifications quietly.
+  const listenConfig: pg.ClientConfig = {
+    ...connection,
+    ...startupTimeout,
+    connectionString: listenConnectionString,
+  };
+  const secrets = [...secretsOf(options.connectionString), ...secretsOf(listenConnectionString)];
+  const tracker = createOutageTracker(options.logger, secrets);
+  // A pooler and Postgres fail apart: one tracker for each, or a pool query
+  // through a healthy pooler would log a recovery while LISTEN still fails.
+  const listenTracker = pooled ? createOutageTracker(options.logger, secrets) : tracker;
   const pool = new pg.Pool(config);
   pool.on("error", (err) => {
     if (isConnectionFailure(err, "query")) tracker.failed(err, "idle connection");
     else options.logger.warn({ cause: tracker.describe(err) }, "idle database connection closed");
   });
   const listeners = new Set<() => Promise<void>>();
+  const statementTimeoutMs = Math.trunc(options.queryTimeoutMs);
 
   /** A pooled connection, with errors on it caught while it is checked out. */
   const acquire = async (): Promise<Checkout> => {
@@ -149,7 +200,10 @@ export function createPostgresDatabase(options: PostgresOptions): Database {
       const checkout = await acquire();
       const tx = adapt(checkout, tracker, started);
       try {
-        await tx.exec("BEGIN");
+        // SET LOCAL ends with the transaction, so behind a pooler it holds for
+        // exactly this transaction and never stays on a server connection
+        // handed to another client afterwards. Sent with BEGIN: no extra round trip.
+        await tx.exec(`BEGIN; SET LOCAL statement_timeout = ${statementTimeoutMs}`);
         const result = await fn(tx);
         try {
           await tx.exec("COMMIT");
@@ -182,10 +236,10 @@ export function createPostgresDatabase(options: PostgresOptions): Database {
     },
     async listen(channel: string, handlers: NotificationHandlers) {
       const stop = await listenWithReconnect(
-        config,
+        listenConfig,
         channel,
         handlers,
-        tracker,
+        listenTracker,
         options.connectTimeoutMs,
       );
       listeners.add(stop);
@@ -273,10 +327,15 @@ async function endClient(client: pg.Client, waitMs: number): Promise<void> {
 /**
  * LISTEN on a dedicated connection (a pooled one would be handed to others),
  * re-established with backoff when it drops. Its failures and recoveries go
- * to the same tracker as the pool's.
+ * to the pool's tracker when both reach the same server.
+ *
+ * It must reach Postgres itself: through PgBouncer in transaction mode the
+ * LISTEN runs on a server connection that goes back to the pool once the
+ * statement ends, and PgBouncer drops what arrives there ("got packet 'A'
+ * from server when not linked"), so notifications never reach this client.
  */
 async function listenWithReconnect(
-  config: pg.PoolConfig,
+  config: pg.ClientConfig,
   channel: string,
   handlers: NotificationHandlers,
   tracker: OutageTracker,
