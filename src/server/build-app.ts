@@ -27,8 +27,10 @@ import { healthRoutes } from "./health.js";
 import { createHomeserverServiceImpl } from "./homeserver-service.js";
 import { createHrpcAdapter } from "./hrpc/adapter.js";
 import { internalAuthInterceptor } from "./internal-auth.js";
+import type { CallObserver } from "./rpc/failure.js";
 import { answerUnknownMethod, rpcRoutes } from "./rpc/fastify.js";
 import { authInterceptor, errorInterceptor } from "./rpc/interceptors.js";
+import { createCallObserver } from "./rpc/observe.js";
 import { createRpcRouter, type RpcService } from "./rpc/router.js";
 
 export interface BuiltApp {
@@ -41,6 +43,9 @@ export interface BuiltApp {
   beginShutdown(): void;
 }
 
+/** The end of every call: the request log line and the RPC duration histogram. */
+const observerOf = (ctx: AppContext): CallObserver => createCallObserver(ctx.logger, ctx.metrics);
+
 /** What a listener serves: its services and the interceptors every call there runs through. */
 interface Surface {
   readonly services: RpcService[];
@@ -52,7 +57,7 @@ interface Surface {
 function publicSurface(ctx: AppContext): Surface {
   return {
     services: [{ service: AuthService, impl: createAuthServiceImpl(ctx) }],
-    interceptors: [errorInterceptor(ctx.logger), authInterceptor(ctx.sessions)],
+    interceptors: [errorInterceptor(ctx.logger, observerOf(ctx)), authInterceptor(ctx.sessions)],
   };
 }
 
@@ -64,7 +69,7 @@ function internalSurface(ctx: AppContext): Surface {
       { service: AdminService, impl: createAdminServiceImpl(ctx) },
     ],
     interceptors: [
-      errorInterceptor(ctx.logger),
+      errorInterceptor(ctx.logger, observerOf(ctx)),
       internalAuthInterceptor(ctx.config.internal.token),
     ],
   };
@@ -107,6 +112,7 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
     // No call outlives a flow: StreamSteps ends when its flow expires.
     maxTimeoutMs: config.flowTtlMs + 60_000,
     shutdownSignal: shutdown.signal,
+    observe: observerOf(ctx),
   });
 
   // One rule for who the client is, for every protocol (TRUSTED_PROXIES).

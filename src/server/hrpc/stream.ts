@@ -17,6 +17,7 @@ import {
   type Failure,
   failureFor,
   failureOf,
+  newCall,
   recordFailure,
 } from "../rpc/failure.js";
 import type { RpcMethod } from "../rpc/router.js";
@@ -71,7 +72,8 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
 
   function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer) {
     const path = pathOf(req.url);
-    const call: CallRecord = { failure: undefined, protocol: "hrpc" };
+    const caller = options.callerOf(req);
+    const call: CallRecord = newCall("hrpc", caller.address);
     const refuse = (failure: Failure): void => {
       socket.end(hrpcErrorHttpBytes(recordFailure(logger, call, failure, path.slice(1, 200))));
     };
@@ -93,7 +95,6 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
       return refuse(bad("not a WebSocket handshake (RFC 6455, version 13)"));
     }
     const authorization = req.headers.authorization ?? tokenFromSubprotocols(offered);
-    const caller = options.callerOf(req);
     // Each open WebSocket holds one of its address's stream slots, from the
     // handshake until it closes (also while it has not sent its request).
     let release: () => void;

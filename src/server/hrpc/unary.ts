@@ -10,6 +10,7 @@ import {
   callRecordKey,
   type Failure,
   failureFor,
+  newCall,
   recordFailure,
 } from "../rpc/failure.js";
 import type { RpcMethod } from "../rpc/router.js";
@@ -67,7 +68,7 @@ export async function serveUnary(
   res: NodeResponse,
 ): Promise<void> {
   const path = pathOf(req.url);
-  const call: CallRecord = { failure: undefined, protocol: "hrpc" };
+  const call: CallRecord = newCall("hrpc", caller.address);
   const refuse = (failure: Failure): void =>
     send(res, recordFailure(logger, call, failure, path.slice(1, 200)));
   const bad = (message: string) => failureFor(hrpcErrors.badUnaryRequest, message);

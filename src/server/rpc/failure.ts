@@ -39,6 +39,50 @@ export interface CallRecord {
   failure: Failure | undefined;
   /** The protocol it came in by (connect, grpc, grpc-web, hrpc), once known. */
   protocol?: string;
+  /** When the request arrived (performance.now()). */
+  readonly startedAt: number;
+  /** The client's address, as the boundary believes it. */
+  readonly address: string;
+  /** Set once the call's end has been observed (logged and measured). */
+  observed: boolean;
+}
+
+/** A new call's record. */
+export function newCall(protocol?: string, address = "unknown"): CallRecord {
+  return {
+    failure: undefined,
+    ...(protocol === undefined ? {} : { protocol }),
+    startedAt: performance.now(),
+    address,
+    observed: false,
+  };
+}
+
+/** What the boundary reports of every call once it has ended. */
+export type CallObserver = (end: {
+  readonly procedure: string;
+  readonly protocol: string;
+  /** The Connect code's name ("OK" for success). */
+  readonly code: string;
+  readonly durationMs: number;
+  readonly address: string;
+}) => void;
+
+/** Observes a call's end, once; its code is its failure's, or OK. */
+export function observeCall(
+  observe: CallObserver | undefined,
+  call: CallRecord | undefined,
+  procedure: string,
+): void {
+  if (!observe || !call || call.observed) return;
+  call.observed = true;
+  observe({
+    procedure,
+    protocol: call.protocol ?? "in-process",
+    code: call.failure ? Code[call.failure.spec.code] : "OK",
+    durationMs: performance.now() - call.startedAt,
+    address: call.address,
+  });
 }
 
 /** The call's record, put in the context by whoever accepted the request. */

@@ -8,7 +8,7 @@ import {
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
 import type { Logger } from "pino";
 import { type Caller, callerKey } from "../../caller.js";
-import { callRecordKey } from "./failure.js";
+import { callRecordKey, newCall } from "./failure.js";
 import type { RpcMethod, RpcRouter } from "./router.js";
 
 /**
@@ -65,6 +65,12 @@ export async function answerUnknownMethod(
   return true;
 }
 
+function contextFor(caller: Caller) {
+  return createContextValues()
+    .set(callerKey, caller)
+    .set(callRecordKey, newCall(undefined, caller.address));
+}
+
 async function serve(
   method: RpcMethod,
   request: FastifyRequest,
@@ -79,9 +85,7 @@ async function serve(
       request.raw,
       reply.raw,
       undefined,
-      createContextValues()
-        .set(callRecordKey, { failure: undefined })
-        .set(callerKey, callerFor(request.raw)),
+      contextFor(callerFor(request.raw)),
     );
   } catch {
     // The URL cannot be formed from the Host header (or :authority).

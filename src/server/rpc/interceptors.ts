@@ -5,7 +5,14 @@ import type { Logger } from "pino";
 import type { AuthenticatedSession, Sessions } from "../../auth/sessions.js";
 import { HarmonyError, hrpcErrors } from "../../errors.js";
 import { metadata } from "../../gen/protocol/harmonytypes/v1/types_pb.js";
-import { callRecordKey, failureOf, recordFailure, toConnectError } from "./failure.js";
+import {
+  type CallObserver,
+  callRecordKey,
+  failureOf,
+  observeCall,
+  recordFailure,
+  toConnectError,
+} from "./failure.js";
 
 /** The caller's session, set by {@link authInterceptor} on methods that require one. */
 export const sessionKey = createContextKey<AuthenticatedSession | undefined>(undefined, {
@@ -71,11 +78,12 @@ function abortedBy(signal: AbortSignal): unknown {
  * goes wrong reading a streaming request's message, leaves through the
  * boundary's normaliser (failure.ts), is recorded on the call and logged once.
  */
-export function errorInterceptor(log: Logger): Interceptor {
+export function errorInterceptor(log: Logger, observe?: CallObserver): Interceptor {
   return (next) => async (req) => {
     const procedure = `${req.service.typeName}/${req.method.name}`;
     const streaming = req.method.methodKind !== "unary";
     const call = req.contextValues.get(callRecordKey);
+    const ended = () => observeCall(observe, call, procedure);
     const fail = (err: unknown, origin: "request" | "handler") => {
       const failure = failureOf(abortedBy(req.signal) ?? err, origin, streaming);
       return toConnectError(recordFailure(log, call, failure, procedure));
@@ -85,12 +93,17 @@ export function errorInterceptor(log: Logger): Interceptor {
       try {
         admitted = { ...req, message: createAsyncIterable([await single(req.message)]) };
       } catch (err) {
-        throw fail(err, "request");
+        const failed = fail(err, "request");
+        ended();
+        throw failed;
       }
     }
     try {
       const res = await next(admitted);
-      if (!res.stream) return res;
+      if (!res.stream) {
+        ended();
+        return res;
+      }
       const messages = res.message;
       return {
         ...res,
@@ -99,11 +112,15 @@ export function errorInterceptor(log: Logger): Interceptor {
             yield* messages;
           } catch (err) {
             throw fail(err, "handler");
+          } finally {
+            ended();
           }
         })(),
       };
     } catch (err) {
-      throw fail(err, "handler");
+      const failed = fail(err, "handler");
+      ended();
+      throw failed;
     }
   };
 }

@@ -19,11 +19,14 @@ import * as grpcWeb from "@connectrpc/connect/protocol-grpc-web";
 import type { Logger } from "pino";
 import { type ErrorSpec, hrpcErrors } from "../../errors.js";
 import {
+  type CallObserver,
   type CallRecord,
   callRecordKey,
   type Failure,
   failureFor,
   failureOf,
+  newCall,
+  observeCall,
   recordFailure,
 } from "./failure.js";
 import {
@@ -60,6 +63,8 @@ export interface RpcRouterOptions {
   /** The longest deadline a client may ask for. */
   readonly maxTimeoutMs: number;
   readonly shutdownSignal: AbortSignal;
+  /** Told of every call the router itself refuses (the interceptor tells of the rest). */
+  readonly observe?: CallObserver;
 }
 
 export interface RpcMethod {
@@ -132,8 +137,12 @@ export function createRpcRouter(
       call: CallRecord,
       format: Pick<RequestFormat, "protocol" | "stream" | "responseContentType">,
       failure: Failure,
-    ): UniversalServerResponse =>
-      errorResponse(format, recordFailure(logger, call, failure, procedure));
+    ): UniversalServerResponse => {
+      call.protocol ??= format.protocol;
+      const answer = errorResponse(format, recordFailure(logger, call, failure, procedure));
+      observeCall(options.observe, call, procedure);
+      return answer;
+    };
     const bad = (message: string): Failure =>
       failureFor(unary ? hrpcErrors.badUnaryRequest : hrpcErrors.badStreamingRequest, message);
 
@@ -148,13 +157,13 @@ export function createRpcRouter(
           format === undefined || "unsupported" in format
             ? fallbackFormat(format?.protocol ?? "connect")
             : format;
-        return refuse({ failure: undefined }, answer, bad(message));
+        return refuse(newCall(answer.protocol), answer, bad(message));
       },
       async serve(req) {
         const values = req.contextValues ?? createContextValues();
         let call = values.get(callRecordKey);
         if (call === undefined) {
-          call = { failure: undefined };
+          call = newCall();
           values.set(callRecordKey, call);
         }
         const contentType = req.header.get("content-type") ?? "";
