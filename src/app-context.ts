@@ -3,17 +3,20 @@ import { type Audit, createAudit } from "./audit.js";
 import { type AccountAdmin, createAccountAdmin } from "./auth/account-admin.js";
 import { loadCommonPasswords } from "./auth/account-rules.js";
 import { type Accounts, createAccounts } from "./auth/accounts.js";
+import { createEmailCodes } from "./auth/email-codes.js";
 import type { FlowPolicy } from "./auth/flow-machine.js";
 import { createFlows, type Flows } from "./auth/flows.js";
 import { createInvites, type Invites } from "./auth/invites.js";
 import { createArgon2Hasher, type PasswordHasher } from "./auth/password-hasher.js";
 import { createSessions, type Sessions } from "./auth/sessions.js";
 import { createStepHub, type StepHub } from "./auth/step-hub.js";
+import { createSubmissions } from "./auth/submissions.js";
 import { type Clock, systemClock } from "./clock.js";
 import type { Config } from "./config.js";
 import type { Database } from "./db/database.js";
 import { loadMigrations, migrate } from "./db/migrate.js";
 import { createStores, type Stores } from "./db/stores.js";
+import { createMailer } from "./email/mailer.js";
 import { type AccountEvents, createAccountEvents } from "./events/account-events.js";
 import { createFederation, type Federation } from "./federation/federation.js";
 import { createRemoteKeys } from "./federation/remote-keys.js";
@@ -24,6 +27,7 @@ import { createLifecycle, type Lifecycle } from "./lifecycle.js";
 import { gatedHasher } from "./limits/admission.js";
 import { createLimits, type Limits } from "./limits/limits.js";
 import { createMetrics, type Metrics } from "./metrics.js";
+import { loadServerSecret } from "./server-secrets.js";
 
 /** Everything the server is made of, built once by {@link createAppContext}. */
 export interface AppContext {
@@ -182,7 +186,42 @@ export async function createAppContext(
     lifecycle.onClose("account events", () => events.close());
     lifecycle.job({ name: "events.sweep", everyMs: SWEEP_INTERVAL_MS, run: events.sweep });
 
-    const policy: FlowPolicy = { registration: config.registration === "open", otherOptions: [] };
+    const mailer = createMailer({ config: config.email, homeserver: config.serverId, logger });
+    if (mailer) lifecycle.onClose("mailer", async () => mailer.close());
+    const policy: FlowPolicy = {
+      registration: config.registration !== "closed",
+      invites: config.registration === "invite",
+      verifyEmail: config.email.verification,
+      email: mailer !== undefined,
+    };
+    const invites = createInvites({ db, clock, store: stores.invites, audit });
+    const codes = createEmailCodes({
+      db,
+      clock,
+      store: stores.emailCodes,
+      secret: await loadServerSecret({
+        db,
+        clock,
+        name: "email-code-hmac",
+        keyEncryptionKey: config.federation.keyEncryptionKey,
+      }),
+      ttlMs: config.email.codeTtlMs,
+    });
+    lifecycle.job({ name: "codes.sweep", everyMs: SWEEP_INTERVAL_MS, run: codes.sweep });
+    const submissions = createSubmissions({
+      db,
+      policy,
+      accounts,
+      sessions,
+      events,
+      limits,
+      audit,
+      invites,
+      codes,
+      mailer,
+      accountStore: stores.accountAdmin,
+      logger,
+    });
     const hub = await createStepHub({ db, flowStore: stores.flows });
     lifecycle.onClose("step hub", () => hub.close());
     const flows = createFlows({
@@ -192,9 +231,7 @@ export async function createAppContext(
       policy,
       flowStore: stores.flows,
       hub,
-      accounts,
-      sessions,
-      events,
+      submissions,
       limits,
       audit,
     });
@@ -241,7 +278,6 @@ export async function createAppContext(
       sessions,
       sessionIdleTtlMs: config.sessionIdleTtlMs,
     });
-    const invites = createInvites({ db, clock, store: stores.invites, audit });
 
     metrics.observe({
       argon2InFlight: () => limits.argon2.inFlight,

@@ -61,7 +61,8 @@ export interface Config {
   readonly flowTtlMs: number;
   readonly sessionIdleTtlMs: number;
   readonly sessionMaxTtlMs: number;
-  readonly registration: "open" | "closed";
+  readonly registration: "open" | "closed" | "invite";
+  readonly email: EmailConfig;
   readonly argon2: Argon2Params;
   /** Largest request message accepted, in bytes. */
   readonly readMaxBytes: number;
@@ -77,6 +78,16 @@ export interface Config {
   readonly limits: LimitsConfig;
 }
 
+/** Email: how codes are sent, and what is offered with them. */
+export interface EmailConfig {
+  /** `smtp://` or `smtps://`; undefined offers nothing that needs email. */
+  readonly smtpUrl: string | undefined;
+  readonly from: string;
+  /** A registration is finished only once its email's code is entered. */
+  readonly verification: boolean;
+  readonly codeTtlMs: number;
+}
+
 /** Abuse limits; an undefined one is off. */
 export interface LimitsConfig {
   readonly login:
@@ -90,6 +101,8 @@ export interface LimitsConfig {
   readonly beginAuth: Rate | undefined;
   readonly forms: Rate | undefined;
   readonly registrations: Rate | undefined;
+  readonly emailsPerAccount: Rate | undefined;
+  readonly emailsPerAddress: Rate | undefined;
   readonly loginFederated: Rate | undefined;
   readonly federate: Rate | undefined;
   readonly liveFlowsPerAddress: number | undefined;
@@ -137,6 +150,10 @@ type Env = Readonly<Record<string, string | undefined>>;
  * variables to change, or undefined.
  */
 const crossChecks: readonly ((v: SettingValues) => string | undefined)[] = [
+  (v) =>
+    v.EMAIL_VERIFICATION === "required" && v.SMTP_URL === undefined
+      ? "EMAIL_VERIFICATION=required needs SMTP_URL: set the SMTP server codes are sent through, or EMAIL_VERIFICATION=off"
+      : undefined,
   (v) =>
     !isLoopbackHost(v.INTERNAL_HOST) && v.INTERNAL_TOKEN === undefined
       ? `INTERNAL_HOST=${v.INTERNAL_HOST} is not a loopback address, so INTERNAL_TOKEN must be set: anyone who can reach the internal port could otherwise introspect sessions and sign tokens as this homeserver`
@@ -215,6 +232,14 @@ function shape(v: SettingValues): Config {
     sessionIdleTtlMs: v.SESSION_IDLE_TTL,
     sessionMaxTtlMs: v.SESSION_MAX_TTL,
     registration: v.REGISTRATION,
+    email: Object.freeze({
+      smtpUrl: v.SMTP_URL,
+      from:
+        v.SMTP_FROM ??
+        `cadenza@${(v.SERVER_ID ?? "localhost").replace(/:\d+$/, "").replace(/^\[|\]$/g, "")}`,
+      verification: v.EMAIL_VERIFICATION === "required",
+      codeTtlMs: v.EMAIL_CODE_TTL,
+    }),
     argon2: Object.freeze({
       memoryKib: v.ARGON2_MEMORY_KIB,
       iterations: v.ARGON2_ITERATIONS,
@@ -238,6 +263,8 @@ function shape(v: SettingValues): Config {
       beginAuth: v.LIMIT_BEGIN_AUTH,
       forms: v.LIMIT_FORMS,
       registrations: v.LIMIT_REGISTRATIONS,
+      emailsPerAccount: v.LIMIT_EMAILS_PER_ACCOUNT,
+      emailsPerAddress: v.LIMIT_EMAILS_PER_ADDRESS,
       loginFederated: v.LIMIT_LOGIN_FEDERATED,
       federate: v.LIMIT_FEDERATE,
       liveFlowsPerAddress: v.LIMIT_LIVE_FLOWS,

@@ -142,8 +142,56 @@ export const settings = {
   }),
   REGISTRATION: setting({
     default: "open",
-    parse: oneOf(["open", "closed"]),
-    doc: "`open` or `closed` (`register` is then not offered)",
+    parse: oneOf(["open", "closed", "invite"]),
+    doc: "`open`, `closed` (`register` is then not offered) or `invite` (`register` takes an invite code; operators make invites with the CLI or admin API); governs local accounts only, not users of other homeservers (see `FEDERATION`)",
+  }),
+  SMTP_URL: setting({
+    default: "",
+    parse: (value) => {
+      if (value === "") return undefined;
+      let url: URL;
+      try {
+        url = new URL(value);
+      } catch {
+        throw new SettingProblem("expected smtp://[user:password@]host[:port] or smtps://…");
+      }
+      if (url.protocol !== "smtp:" && url.protocol !== "smtps:") {
+        throw new SettingProblem("expected smtp://[user:password@]host[:port] or smtps://…");
+      }
+      return value;
+    },
+    doc: "`smtp://[user:password@]host[:port]` (STARTTLS when offered) or `smtps://…` (TLS); without it, password reset, account deletion and email verification are not offered",
+  }),
+  SMTP_FROM: setting({
+    default: "",
+    shownDefault: "`cadenza@<SERVER_ID host>`",
+    parse: (value) => {
+      if (value !== "" && !/^[^\s@<>]+@[^\s@<>]+$/.test(value)) {
+        throw new SettingProblem("expected an email address such as accounts@chat.example.org");
+      }
+      return value === "" ? undefined : value;
+    },
+    doc: "the sender of cadenza's emails",
+  }),
+  EMAIL_VERIFICATION: setting({
+    default: "off",
+    parse: oneOf(["off", "required"]),
+    doc: "`required`: a registration is finished only once the code emailed to its address is entered (needs `SMTP_URL`)",
+  }),
+  EMAIL_CODE_TTL: setting({
+    default: "15m",
+    parse: duration(60_000, 86_400_000),
+    doc: "how long an emailed code (reset, deletion, verification) can be used",
+  }),
+  LIMIT_EMAILS_PER_ACCOUNT: setting({
+    default: "5/1h",
+    parse: rate,
+    doc: "emails with codes sent per email address (known or not)",
+  }),
+  LIMIT_EMAILS_PER_ADDRESS: setting({
+    default: "20/1h",
+    parse: rate,
+    doc: "emails with codes asked for per client address",
   }),
   ARGON2_MEMORY_KIB: setting({
     default: "19456",

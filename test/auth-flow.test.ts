@@ -79,7 +79,7 @@ describe.each(backends)("auth flow on $name", (backend) => {
       await client.stepBack({ authId });
       expect((await choose(client, authId, "other-options")).step).toMatchObject({
         canGoBack: true,
-        step: { case: "choice", value: { title: "other-options", options: [] } },
+        step: { case: "choice", value: { title: "other-options", options: ["change-password"] } },
       });
       // StepBack where it cannot go back returns the current step unchanged.
       await client.stepBack({ authId });

@@ -9,8 +9,13 @@ import {
 } from "../src/auth/flow-machine.js";
 import { HarmonyError } from "../src/errors.js";
 
-const open: FlowPolicy = { registration: true, otherOptions: [] };
-const closed: FlowPolicy = { registration: false, otherOptions: [] };
+const open: FlowPolicy = { registration: true, invites: false, verifyEmail: false, email: false };
+const closed: FlowPolicy = {
+  registration: false,
+  invites: false,
+  verifyEmail: false,
+  email: false,
+};
 const now = 1_000_000;
 const flow = (state: FlowState, extra: Partial<FlowRecord> = {}): FlowRecord => ({
   state,
@@ -86,7 +91,10 @@ describe("flow machine", () => {
         ],
       },
     ],
-    ["other-options", { kind: "choice", title: "other-options", options: [], canGoBack: true }],
+    [
+      "other-options",
+      { kind: "choice", title: "other-options", options: ["change-password"], canGoBack: true },
+    ],
   ])("choice %s shows its step", (choice, view) => {
     const outcome = step(flow(initialState), { kind: "choice", choice });
     expect(outcome.step).toEqual(view);
@@ -110,6 +118,7 @@ describe("flow machine", () => {
     expect(outcome).toEqual({
       kind: "submit",
       submission: { kind: "login", email: "a@b.c", password: "sekrit-pass" },
+      next: "session",
     });
   });
 
@@ -122,7 +131,14 @@ describe("flow machine", () => {
     );
     expect(outcome).toEqual({
       kind: "submit",
-      submission: { kind: "register", email: "a@b.c", username: "name", password: "pw as string" },
+      submission: {
+        kind: "register",
+        email: "a@b.c",
+        username: "name",
+        password: "pw as string",
+        invite: undefined,
+      },
+      next: "session",
     });
   });
 

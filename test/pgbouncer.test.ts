@@ -133,6 +133,8 @@ describe("named prepared statements", () => {
         registrations: undefined,
         loginFederated: undefined,
         federate: undefined,
+        emailsPerAccount: undefined,
+        emailsPerAddress: undefined,
       },
     });
     await limits.consume("beginAuth", "192.0.2.1");

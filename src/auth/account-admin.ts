@@ -69,6 +69,7 @@ export interface AccountAdminStore {
     q: Queryable,
     userId: bigint,
     ids: readonly string[] | undefined,
+    keep?: string,
   ): Promise<string[]>;
 }
 
@@ -108,7 +109,11 @@ export interface AccountAdmin {
   rename(userId: bigint, username: string): Promise<AdminUser>;
   sessions(userId: bigint): Promise<SessionInfo[]>;
   /** Ends the listed sessions of a user (all when `ids` is undefined); returns the IDs that ended. */
-  revokeSessions(userId: bigint, ids: readonly string[] | undefined): Promise<string[]>;
+  revokeSessions(
+    userId: bigint,
+    ids: readonly string[] | undefined,
+    keep?: string,
+  ): Promise<string[]>;
 }
 
 export type AccountAdminDeps = {
@@ -210,13 +215,13 @@ export function createAccountAdmin(deps: AccountAdminDeps): AccountAdmin {
       }));
     },
 
-    async revokeSessions(userId, ids) {
+    async revokeSessions(userId, ids, keep) {
       if (ids?.some((id) => !uuidPattern.test(id))) {
         throw new HarmonyError(adminErrors.badSessionId);
       }
       const gone = await db.transaction(async (tx) => {
         await get(tx, userId);
-        const ended = await store.deleteSessions(tx, userId, ids);
+        const ended = await store.deleteSessions(tx, userId, ids, keep);
         if (ended.length > 0) {
           await events.record(tx, userId, { kind: "sessions_revoked", sessionIds: ended });
           audit.record("admin.sessions.revoked", { userId });

@@ -49,6 +49,19 @@ export interface Accounts {
    * `h.already-registered` when the email or username was taken meanwhile.
    */
   createAccount(q: Queryable, prepared: PreparedRegistration): Promise<bigint>;
+  /** A local account's email and username, for the rules of a new password. */
+  ownerOf(userId: bigint): Promise<{ email: string; username: string } | undefined>;
+  /** The local account with this email, if any (for codes sent by email). */
+  findLocal(
+    email: string,
+  ): Promise<{ userId: bigint; email: string; username: string } | undefined>;
+  /** Checks a new password against the rules and the account's own email and name; hashes it. */
+  prepareNewPassword(
+    password: string,
+    owner: { readonly email: string; readonly username: string },
+  ): Promise<string>;
+  /** Stores a new password hash, inside the caller's transaction. */
+  setPassword(q: Queryable, userId: bigint, hash: string): Promise<void>;
 }
 
 export type AccountsDeps = {
@@ -114,6 +127,27 @@ export async function createAccounts(deps: AccountsDeps): Promise<Accounts> {
         usernameKey: username.key,
         passwordHash: await hasher.hash(password),
       };
+    },
+
+    async findLocal(email) {
+      const user = await userStore.findByEmailKey(db, emailKey(email));
+      if (!user || user.passwordHash === null) return undefined;
+      return { userId: user.id, email: user.email, username: user.username };
+    },
+
+    async ownerOf(userId) {
+      const user = await userStore.findById(db, userId);
+      return user && user.passwordHash !== null
+        ? { email: user.email, username: user.username }
+        : undefined;
+    },
+
+    async prepareNewPassword(password, owner) {
+      return hasher.hash(validateNewPassword(password, owner, commonPasswords));
+    },
+
+    async setPassword(q, userId, hash) {
+      await userStore.setPasswordHash(q, userId, hash);
     },
 
     async createAccount(q, prepared) {

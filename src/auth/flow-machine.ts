@@ -8,8 +8,33 @@ import { authErrors } from "./auth-errors.js";
  * password, creating an account); it never does I/O itself.
  */
 
-/** The steps a flow can stand on. */
-export type StepName = "initial" | "login" | "register" | "other-options";
+/** The steps a flow can stand on; each is shown with its name as title. */
+export type StepName =
+  | "initial"
+  | "login"
+  | "register"
+  | "register-input-token"
+  | "other-options"
+  | "reset-password-send-token"
+  | "reset-password-input-token"
+  | "delete-user-send-token"
+  | "delete-user-input-token"
+  | "change-password"
+  | "success";
+
+export const stepNames: readonly StepName[] = [
+  "initial",
+  "login",
+  "register",
+  "register-input-token",
+  "other-options",
+  "reset-password-send-token",
+  "reset-password-input-token",
+  "delete-user-send-token",
+  "delete-user-input-token",
+  "change-password",
+  "success",
+];
 
 /** A flow's state: the steps taken, the current one last. */
 export interface FlowState {
@@ -60,14 +85,17 @@ export type FlowInput =
 
 /** What the server offers; fixed by configuration. */
 export interface FlowPolicy {
+  /** Whether `register` is offered (REGISTRATION=open or invite). */
   readonly registration: boolean;
-  /**
-   * The options of the `other-options` choice: only what is really offered,
-   * each a step this machine knows how to show.
-   */
-  readonly otherOptions: readonly StepName[];
+  /** REGISTRATION=invite: `register` takes an invite code. */
+  readonly invites: boolean;
+  /** EMAIL_VERIFICATION=required: an account exists only once its email's code is entered. */
+  readonly verifyEmail: boolean;
+  /** SMTP is configured: password reset and account deletion by email code are offered. */
+  readonly email: boolean;
 }
 
+/** What a submitted form asks the caller to do. */
 export type Submission =
   | { readonly kind: "login"; readonly email: string; readonly password: string }
   | {
@@ -75,27 +103,56 @@ export type Submission =
       readonly email: string;
       readonly username: string;
       readonly password: string;
+      /** The invite code, under REGISTRATION=invite. */
+      readonly invite: string | undefined;
+    }
+  /** The code sent to the email given at `register`. */
+  | { readonly kind: "verify-email"; readonly code: string }
+  | { readonly kind: "send-code"; readonly purpose: CodePurpose; readonly email: string }
+  | { readonly kind: "reset-password"; readonly code: string; readonly newPassword: string }
+  | { readonly kind: "delete-user"; readonly code: string }
+  | {
+      readonly kind: "change-password";
+      readonly email: string;
+      readonly password: string;
+      readonly newPassword: string;
     };
 
+/** What an email code is for. */
+export type CodePurpose = "verify-email" | "reset-password" | "delete-user";
+
+/**
+ * A submission and where the flow stands once it succeeded: the state to
+ * show (a code form, `success`), or `session` for the end of the flow.
+ */
 export type Outcome =
   | { readonly kind: "step"; readonly state: FlowState; readonly step: StepView }
-  | { readonly kind: "submit"; readonly submission: Submission };
+  | {
+      readonly kind: "submit";
+      readonly submission: Submission;
+      readonly next: FlowState | "session";
+    };
 
-const loginFields: readonly FormFieldSpec[] = [
-  { name: "email", type: "email" },
-  { name: "password", type: "password" },
-];
-
-const registerFields: readonly FormFieldSpec[] = [
-  { name: "email", type: "email" },
-  { name: "username", type: "text" },
-  { name: "password", type: "new-password" },
-];
+const f = (name: string, type: FormFieldType): FormFieldSpec => ({ name, type });
 
 /** The state of a fresh flow. */
 export const initialState: FlowState = Object.freeze({
   stack: Object.freeze(["initial"] as const),
 });
+
+/** Where a flow stands after a reset or deletion: no way back into it. */
+const successState: FlowState = Object.freeze({ stack: Object.freeze(["success"] as const) });
+
+/** The step a choice's option leads to. */
+const optionTarget: Readonly<Record<string, StepName>> = {
+  login: "login",
+  register: "register",
+  "other-options": "other-options",
+  "reset-password": "reset-password-send-token",
+  "delete-user": "delete-user-send-token",
+  "change-password": "change-password",
+  "back-to-initial": "initial",
+};
 
 function current(state: FlowState): StepName {
   return state.stack[state.stack.length - 1] ?? "initial";
@@ -112,18 +169,37 @@ function choiceOptions(step: StepName, policy: FlowPolicy): readonly string[] | 
         ? ["login", "register", "other-options"]
         : ["login", "other-options"];
     case "other-options":
-      return policy.otherOptions;
+      return policy.email
+        ? ["reset-password", "delete-user", "change-password"]
+        : ["change-password"];
+    case "success":
+      return ["back-to-initial"];
     default:
       return undefined;
   }
 }
 
-function formFields(step: StepName): readonly FormFieldSpec[] | undefined {
+function formFields(step: StepName, policy: FlowPolicy): readonly FormFieldSpec[] | undefined {
   switch (step) {
     case "login":
-      return loginFields;
+      return [f("email", "email"), f("password", "password")];
     case "register":
-      return registerFields;
+      return [
+        f("email", "email"),
+        f("username", "text"),
+        f("password", "new-password"),
+        ...(policy.invites ? [f("token", "text")] : []),
+      ];
+    case "register-input-token":
+    case "delete-user-input-token":
+      return [f("token", "password")];
+    case "reset-password-send-token":
+    case "delete-user-send-token":
+      return [f("email", "email")];
+    case "reset-password-input-token":
+      return [f("token", "password"), f("new-password", "new-password")];
+    case "change-password":
+      return [f("email", "email"), f("password", "password"), f("new-password", "new-password")];
     default:
       return undefined;
   }
@@ -135,7 +211,7 @@ export function viewOf(state: FlowState, policy: FlowPolicy): StepView {
   const back = canGoBack(state);
   const options = choiceOptions(step, policy);
   if (options !== undefined) return { kind: "choice", title: step, options, canGoBack: back };
-  const fields = formFields(step) ?? [];
+  const fields = formFields(step, policy) ?? [];
   return { kind: "form", title: step, fields, canGoBack: back };
 }
 
@@ -268,37 +344,87 @@ export function advance(
           message: `"${truncate(input.choice)}" is not offered here; the options are: ${options.join(", ") || "(none)"}`,
         });
       }
-      const next = { stack: [...state.stack, input.choice as StepName] };
+      const target = optionTarget[input.choice] ?? "initial";
+      // Back to the start is a fresh start: nothing to go back to.
+      const next = target === "initial" ? initialState : { stack: [...state.stack, target] };
       return { kind: "step", state: next, step: viewOf(next, policy) };
     }
     case "form": {
-      const fields = formFields(step);
+      const fields = formFields(step, policy);
       if (fields === undefined) throw new HarmonyError(authErrors.formSentToChoice);
       const values = readForm(fields, input.values);
-      if (step === "login") {
-        return {
-          kind: "submit",
-          submission: {
-            kind: "login",
-            email: values.get("email") ?? "",
-            password: values.get("password") ?? "",
-          },
-        };
+      const value = (name: string): string => values.get(name) ?? "";
+      const push = (next: StepName): FlowState => ({ stack: [...state.stack, next] });
+      switch (step) {
+        case "login":
+          return {
+            kind: "submit",
+            submission: { kind: "login", email: value("email"), password: value("password") },
+            next: "session",
+          };
+        case "register":
+          if (!policy.registration) {
+            throw new HarmonyError(authErrors.choiceNotOffered, {
+              message: "registration is closed on this server",
+            });
+          }
+          return {
+            kind: "submit",
+            submission: {
+              kind: "register",
+              email: value("email"),
+              username: value("username"),
+              password: value("password"),
+              invite: policy.invites ? value("token") : undefined,
+            },
+            next: policy.verifyEmail ? push("register-input-token") : "session",
+          };
+        case "register-input-token":
+          return {
+            kind: "submit",
+            submission: { kind: "verify-email", code: value("token") },
+            next: "session",
+          };
+        case "reset-password-send-token":
+          return {
+            kind: "submit",
+            submission: { kind: "send-code", purpose: "reset-password", email: value("email") },
+            next: push("reset-password-input-token"),
+          };
+        case "reset-password-input-token":
+          return {
+            kind: "submit",
+            submission: {
+              kind: "reset-password",
+              code: value("token"),
+              newPassword: value("new-password"),
+            },
+            next: successState,
+          };
+        case "delete-user-send-token":
+          return {
+            kind: "submit",
+            submission: { kind: "send-code", purpose: "delete-user", email: value("email") },
+            next: push("delete-user-input-token"),
+          };
+        case "delete-user-input-token":
+          return {
+            kind: "submit",
+            submission: { kind: "delete-user", code: value("token") },
+            next: successState,
+          };
+        default:
+          return {
+            kind: "submit",
+            submission: {
+              kind: "change-password",
+              email: value("email"),
+              password: value("password"),
+              newPassword: value("new-password"),
+            },
+            next: "session",
+          };
       }
-      if (!policy.registration) {
-        throw new HarmonyError(authErrors.choiceNotOffered, {
-          message: "registration is closed on this server",
-        });
-      }
-      return {
-        kind: "submit",
-        submission: {
-          kind: "register",
-          email: values.get("email") ?? "",
-          username: values.get("username") ?? "",
-          password: values.get("password") ?? "",
-        },
-      };
     }
   }
 }

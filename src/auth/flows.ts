@@ -4,11 +4,8 @@ import type { Clock } from "../clock.js";
 import type { Config } from "../config.js";
 import type { Database, Queryable } from "../db/database.js";
 import { HarmonyError, hrpcErrors } from "../errors.js";
-import type { AccountEventData, AccountEvents } from "../events/account-events.js";
 import { limitErrors } from "../limits/limit-errors.js";
 import type { Limits } from "../limits/limits.js";
-import { emailKey } from "./account-rules.js";
-import type { Accounts } from "./accounts.js";
 import { authErrors } from "./auth-errors.js";
 import {
   advance,
@@ -17,14 +14,12 @@ import {
   type FlowState,
   initialState,
   type StepView,
-  type Submission,
-  sessionView,
 } from "./flow-machine.js";
-import { randomToken, sha256 } from "./random-ids.js";
-import type { Sessions } from "./sessions.js";
+import { randomToken } from "./random-ids.js";
 import type { StepHub } from "./step-hub.js";
 import { type FlowKeys, flowKeys, openStep, sealStep } from "./step-seal.js";
 import type { FlowStore, StoredFlow, StoredStep } from "./stores.js";
+import type { Submissions } from "./submissions.js";
 
 /** auth_ids are 24 CSPRNG bytes (192 bits), base64url: 32 characters. */
 const AUTH_ID_BYTES = 24;
@@ -59,17 +54,14 @@ export type FlowsDeps = {
   readonly policy: FlowPolicy;
   readonly flowStore: FlowStore;
   readonly hub: StepHub;
-  readonly accounts: Accounts;
-  readonly sessions: Sessions;
-  readonly events: Pick<AccountEvents, "record">;
-  readonly limits: Pick<Limits, "rate" | "loginAttempt" | "loginSucceeded" | "liveFlowsPerAddress">;
+  readonly submissions: Submissions;
+  readonly limits: Pick<Limits, "rate" | "liveFlowsPerAddress">;
   readonly audit: Audit;
 };
 
 /** The auth flow over its store: the machine decides, this module does the I/O. */
 export function createFlows(deps: FlowsDeps): Flows {
-  const { db, clock, config, policy, flowStore, hub, accounts, sessions, events, limits, audit } =
-    deps;
+  const { db, clock, config, policy, flowStore, hub, submissions, limits, audit } = deps;
 
   const keysFor = (authId: string): FlowKeys => {
     if (authId === "") throw new HarmonyError(authErrors.missingAuthId);
@@ -104,75 +96,6 @@ export function createFlows(deps: FlowsDeps): Flows {
     return seq !== undefined;
   };
 
-  /** The audit reason for a refused submission: the identifier, without its namespace. */
-  const reasonOf = (err: unknown): string =>
-    err instanceof HarmonyError
-      ? (err.identifier.replace(/^h\./, "").split("\n")[0] ?? "")
-      : "error";
-
-  const submit = async (
-    keys: FlowKeys,
-    flow: StoredFlow,
-    submission: Submission,
-    caller: Caller,
-  ): Promise<StepView> => {
-    const flowKey = keys.lookup;
-    // The slow part (argon2id) runs outside any transaction; the writes then
-    // happen in one, which also checks that the flow did not move meanwhile.
-    let writeAccount: (tx: Queryable) => Promise<{ userId: bigint; event?: AccountEventData }>;
-    let done: (userId: bigint) => Promise<void>;
-    if (submission.kind === "login") {
-      // Keyed by the email whether or not an account has it, so unknown and
-      // known emails are throttled alike; while delayed, no password is checked.
-      const throttleKey = sha256(emailKey(submission.email));
-      await limits.loginAttempt(throttleKey, caller, flowKey);
-      const login = await accounts
-        .verifyLogin(submission.email, submission.password)
-        .catch((err) => {
-          const disabled = err instanceof HarmonyError && err.spec === authErrors.userDisabled;
-          audit.record("login.failed", {
-            caller,
-            flowKey,
-            reason: disabled ? "disabled" : "bad-credentials",
-          });
-          throw err;
-        });
-      writeAccount = async (tx) => {
-        await accounts.finishLogin(tx, login);
-        return { userId: login.userId };
-      };
-      done = async (userId) => {
-        await limits.loginSucceeded(throttleKey);
-        audit.record("login.succeeded", { caller, flowKey, userId });
-      };
-    } else {
-      await limits.rate("registrations", caller);
-      const prepared = await accounts.prepareRegistration(submission).catch((err) => {
-        audit.record("registration.refused", { caller, flowKey, reason: reasonOf(err) });
-        throw err;
-      });
-      writeAccount = async (tx) => ({
-        userId: await accounts.createAccount(tx, prepared),
-        event: { kind: "registered", username: prepared.username },
-      });
-      done = async (userId) => {
-        audit.record("registration.succeeded", { caller, flowKey, userId });
-      };
-    }
-    const step = await db.transaction(async (tx) => {
-      const { userId, event } = await writeAccount(tx);
-      const session = sessionView(userId, await sessions.create(tx, userId, caller));
-      if (!(await append(tx, keys, flow, flow.state, session))) {
-        throw new HarmonyError(authErrors.flowConflict);
-      }
-      // Last: recording an event takes the lock that orders events.
-      if (event) await events.record(tx, userId, event);
-      return session;
-    });
-    if (step.kind === "session") await done(step.userId);
-    return step;
-  };
-
   return {
     async begin(caller = unknownCaller) {
       await limits.rate("beginAuth", caller);
@@ -203,7 +126,18 @@ export function createFlows(deps: FlowsDeps): Flows {
       for (let attempt = 1; ; attempt++) {
         const flow = await load(keys);
         const outcome = advance(flow, input, clock.now(), policy);
-        if (outcome.kind === "submit") return submit(keys, flow, outcome.submission, caller);
+        if (outcome.kind === "submit") {
+          return submissions.carryOut(
+            {
+              flow,
+              flowKey: keys.lookup,
+              caller,
+              next: outcome.next,
+              append: (q, state, step) => append(q, keys, flow, state, step),
+            },
+            outcome.submission,
+          );
+        }
         if (await append(db, keys, flow, outcome.state, outcome.step)) return outcome.step;
         // Another call moved the flow between our read and write: re-read and
         // re-apply, since showing a step has no side effects.

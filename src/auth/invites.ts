@@ -35,6 +35,8 @@ export interface InviteStore {
   ): Promise<Invite>;
   list(q: Queryable, includeInactive: boolean, now: number): Promise<Invite[]>;
   revoke(q: Queryable, inviteId: string, now: number): Promise<Invite | undefined>;
+  /** Whether a live invite has this code. */
+  live(q: Queryable, codeHash: Buffer, now: number): Promise<boolean>;
   /** Uses one registration of a live invite, in the caller's transaction; false when none is left. */
   consume(q: Queryable, codeHash: Buffer, now: number): Promise<boolean>;
 }
@@ -71,6 +73,8 @@ export interface Invites {
   }): Promise<{ invite: Invite; code: string }>;
   list(includeInactive: boolean): Promise<Invite[]>;
   revoke(inviteId: string): Promise<Invite>;
+  /** Throws h.invalid-registration-token unless `code` names a live invite (nothing is spent). */
+  check(code: string): Promise<void>;
   /** Consumes one use of `code` in the registration's transaction, or throws h.invalid-registration-token. */
   consume(q: Queryable, code: string): Promise<void>;
 }
@@ -112,6 +116,11 @@ export function createInvites(deps: {
       if (!invite) throw new HarmonyError(inviteErrors.unknownInvite);
       audit.record("admin.invite.revoked", {});
       return invite;
+    },
+    async check(code) {
+      if (code.trim() === "" || !(await store.live(db, sha256(code.trim()), clock.now()))) {
+        throw new HarmonyError(inviteErrors.invalidInvite);
+      }
     },
     async consume(q, code) {
       if (code.trim() === "" || !(await store.consume(q, sha256(code.trim()), clock.now()))) {

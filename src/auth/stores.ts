@@ -60,6 +60,8 @@ export interface FlowStore {
 
 export interface StoredUser {
   readonly id: bigint;
+  readonly email: string;
+  readonly username: string;
   readonly passwordHash: string | null;
   readonly disabled: boolean;
 }
@@ -78,6 +80,7 @@ export type InsertUserResult = "created" | "id-taken" | "email-taken" | "usernam
 
 export interface UserStore {
   findByEmailKey(q: Queryable, emailKey: string): Promise<StoredUser | undefined>;
+  findById(q: Queryable, id: bigint): Promise<StoredUser | undefined>;
   taken(
     q: Queryable,
     emailKey: string,
@@ -87,6 +90,8 @@ export interface UserStore {
   insert(q: Queryable, user: NewUser): Promise<InsertUserResult>;
   /** Replaces a password hash, only if it is still `from`. */
   replacePasswordHash(q: Queryable, id: bigint, from: string, to: string): Promise<void>;
+  /** Sets a new password hash (a reset or a change). */
+  setPasswordHash(q: Queryable, id: bigint, hash: string): Promise<void>;
 }
 
 export interface StoredSession {

@@ -115,13 +115,14 @@ export function createAccountAdminStore(): AccountAdminStore {
       }));
     },
 
-    async deleteSessions(q, userId, ids) {
+    async deleteSessions(q, userId, ids, keep) {
       const rows = await many<{ id: string }>(
         q,
-        ids === undefined
-          ? "DELETE FROM sessions WHERE user_id = $1 RETURNING id"
-          : "DELETE FROM sessions WHERE user_id = $1 AND id = ANY($2::uuid[]) RETURNING id",
-        ids === undefined ? [userId] : [userId, [...ids]],
+        `DELETE FROM sessions
+          WHERE user_id = $1 AND ($2::uuid[] IS NULL OR id = ANY($2::uuid[]))
+            AND ($3::uuid IS NULL OR id <> $3::uuid)
+          RETURNING id`,
+        [userId, ids === undefined ? null : [...ids], keep ?? null],
       );
       return rows.map((r) => r.id);
     },

@@ -1,4 +1,4 @@
-import type { FlowState, StepName } from "../auth/flow-machine.js";
+import { type FlowState, type StepName, stepNames } from "../auth/flow-machine.js";
 import type {
   FlowStore,
   StepNotificationHandlers,
@@ -10,19 +10,14 @@ import { type Database, many, maybeOne, type Queryable } from "./database.js";
 /** The channel steps are announced on; payload `hex(flow key):seq:base64(sealed step)`. */
 export const stepChannel = "cadenza_auth_flow_steps";
 
-const stepNames: ReadonlySet<string> = new Set<StepName>([
-  "initial",
-  "login",
-  "register",
-  "other-options",
-]);
+const knownSteps: ReadonlySet<string> = new Set<string>(stepNames);
 
 function parseState(value: unknown): FlowState {
   const stack = (value as { stack?: unknown } | null)?.stack;
   if (
     !Array.isArray(stack) ||
     stack.length === 0 ||
-    !stack.every((s) => typeof s === "string" && stepNames.has(s))
+    !stack.every((s) => typeof s === "string" && knownSteps.has(s))
   ) {
     throw new Error("auth_flows.state is not a valid flow state");
   }

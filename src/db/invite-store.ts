@@ -60,6 +60,15 @@ export function createInviteStore(): InviteStore {
       );
       return row && toInvite(row);
     },
+    async live(q, codeHash, now) {
+      const row = await maybeOne<{ live: boolean }>(
+        q,
+        `SELECT true AS live FROM invites
+          WHERE code_hash = $1 AND revoked_at IS NULL AND uses < max_uses AND expires_at > $2`,
+        [codeHash, new Date(now)],
+      );
+      return row !== undefined;
+    },
     async consume(q, codeHash, now) {
       // One statement: concurrent registrations cannot use the last use twice.
       const result = await q.query(

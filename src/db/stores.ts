@@ -1,4 +1,5 @@
 import type { AccountAdminStore } from "../auth/account-admin.js";
+import type { EmailCodeStore } from "../auth/email-codes.js";
 import type { InviteStore } from "../auth/invites.js";
 import type { FlowStore, SessionStore, UserStore } from "../auth/stores.js";
 import type { AccountEventStore } from "../events/account-events.js";
@@ -13,6 +14,7 @@ import type { LoginThrottleStore } from "../limits/login-throttle.js";
 import { createAccountAdminStore } from "./account-admin-store.js";
 import { createAccountEventStore } from "./account-event-store.js";
 import { createDirectoryStore } from "./directory-store.js";
+import { createEmailCodeStore } from "./email-code-store.js";
 import {
   createForeignUserStore,
   createRemoteKeyStore,
@@ -39,6 +41,7 @@ export interface Stores {
   readonly loginThrottle: LoginThrottleStore;
   readonly accountAdmin: AccountAdminStore;
   readonly invites: InviteStore;
+  readonly emailCodes: EmailCodeStore;
 }
 
 /**
@@ -59,5 +62,6 @@ export function createStores(): Stores {
     loginThrottle: createLoginThrottleStore(),
     accountAdmin: createAccountAdminStore(),
     invites: createInviteStore(),
+    emailCodes: createEmailCodeStore(),
   };
 }

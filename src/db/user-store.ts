@@ -1,17 +1,39 @@
 import type { InsertUserResult, StoredUser, UserStore } from "../auth/stores.js";
-import { maybeOne, uniqueViolation } from "./database.js";
+import { maybeOne, type Queryable, uniqueViolation } from "./database.js";
+
+async function findUser(
+  q: Queryable,
+  where: string,
+  value: unknown,
+): Promise<StoredUser | undefined> {
+  const row = await maybeOne<{
+    id: bigint;
+    email: string | null;
+    username: string;
+    password_hash: string | null;
+    disabled: boolean;
+  }>(
+    q,
+    `SELECT id, email, username, password_hash, disabled_at IS NOT NULL AS disabled
+       FROM users WHERE ${where}`,
+    [value],
+  );
+  return (
+    row && {
+      id: row.id,
+      email: row.email ?? "",
+      username: row.username,
+      passwordHash: row.password_hash,
+      disabled: row.disabled,
+    }
+  );
+}
 
 /** Accounts in Postgres. */
 export function createUserStore(): UserStore {
   return {
-    async findByEmailKey(q, emailKey): Promise<StoredUser | undefined> {
-      const row = await maybeOne<{ id: bigint; password_hash: string | null; disabled: boolean }>(
-        q,
-        "SELECT id, password_hash, disabled_at IS NOT NULL AS disabled FROM users WHERE email_key = $1",
-        [emailKey],
-      );
-      return row && { id: row.id, passwordHash: row.password_hash, disabled: row.disabled };
-    },
+    findByEmailKey: (q, emailKey) => findUser(q, "email_key = $1", emailKey),
+    findById: (q, id) => findUser(q, "id = $1", id),
 
     async taken(q, emailKey, usernameKey) {
       const row = await maybeOne<{ email: boolean; username: boolean }>(
@@ -48,6 +70,10 @@ export function createUserStore(): UserStore {
         if (constraint === "users_username_unique") return "username-taken";
         throw err;
       }
+    },
+
+    async setPasswordHash(q, id, hash) {
+      await q.query("UPDATE users SET password_hash = $2 WHERE id = $1", [id, hash]);
     },
 
     async replacePasswordHash(q, id, from, to) {

@@ -32,15 +32,20 @@ export type ServerKeysDeps = {
   readonly keyEncryptionKey: Buffer | undefined;
 };
 
-/** nonce (12) || AES-256-GCM(seed) (32) || tag (16), bound to the public key. */
-function encryptSeed(kek: Buffer, seed: Uint8Array, publicKey: Uint8Array): Buffer {
+/**
+ * nonce (12) || AES-256-GCM(secret) || tag (16) under KEY_ENCRYPTION_KEY,
+ * bound to `aad` (a key's public half, a secret's name). Used for every
+ * secret cadenza keeps in the database.
+ */
+export function encryptSeed(kek: Buffer, seed: Uint8Array, publicKey: Uint8Array): Buffer {
   const nonce = randomBytes(12);
   const cipher = createCipheriv("aes-256-gcm", kek, nonce);
   cipher.setAAD(publicKey);
   return Buffer.concat([nonce, cipher.update(seed), cipher.final(), cipher.getAuthTag()]);
 }
 
-function decryptSeed(kek: Buffer, sealed: Uint8Array, publicKey: Uint8Array): Uint8Array {
+/** The inverse of {@link encryptSeed}; throws when the key or the data is wrong. */
+export function decryptSeed(kek: Buffer, sealed: Uint8Array, publicKey: Uint8Array): Uint8Array {
   const bytes = Buffer.from(sealed);
   const decipher = createDecipheriv("aes-256-gcm", kek, bytes.subarray(0, 12));
   decipher.setAAD(publicKey);

@@ -17,6 +17,8 @@ import { createRateLimits, type RateKind } from "./rate-limits.js";
 export interface Limits {
   /** Spends one of the caller's `kind` budget, or throws. */
   rate(kind: RateKind, caller: Caller): Promise<void>;
+  /** Spends one of `key`'s `kind` budget (a key other than an address: an account), or throws. */
+  rateFor(kind: RateKind, key: string, caller: Caller): Promise<void>;
   /** Admits a login attempt for an account key (the SHA-256 of the normalised email), or throws. */
   loginAttempt(key: Buffer, caller: Caller, flowKey: Buffer): Promise<void>;
   /** A login for the key succeeded: its failures are forgotten. */
@@ -48,6 +50,9 @@ export function createLimits(deps: {
       await rates
         .consume(kind, caller.address)
         .catch((err) => refused(err, { caller, limit: kind }));
+    },
+    async rateFor(kind, key, caller) {
+      await rates.consume(kind, key).catch((err) => refused(err, { caller, limit: kind }));
     },
     async loginAttempt(key, caller, flowKey) {
       await login.attempt(key).catch((err: unknown) => {

@@ -12,6 +12,8 @@ export const rateKinds = [
   "registrations",
   "loginFederated",
   "federate",
+  "emailsPerAccount",
+  "emailsPerAddress",
 ] as const;
 export type RateKind = (typeof rateKinds)[number];
 

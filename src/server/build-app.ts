@@ -17,9 +17,11 @@ import {
 } from "fastify";
 import type { AppContext } from "../app-context.js";
 import { HarmonyError, hrpcErrors } from "../errors.js";
+import { AccountService } from "../gen/cadenza/account/v1/account_pb.js";
 import { AdminService } from "../gen/cadenza/admin/v1/admin_pb.js";
 import { HomeserverService } from "../gen/cadenza/homeserver/v1/homeserver_pb.js";
 import { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
+import { createAccountServiceImpl } from "./account-service.js";
 import { createAdminServiceImpl } from "./admin-service.js";
 import { createAuthServiceImpl } from "./auth-service.js";
 import { callerOf, createClientAddressOf } from "./client-address.js";
@@ -56,7 +58,10 @@ interface Surface {
 /** The public port: Harmony's AuthService, for clients and other homeservers. */
 function publicSurface(ctx: AppContext): Surface {
   return {
-    services: [{ service: AuthService, impl: createAuthServiceImpl(ctx) }],
+    services: [
+      { service: AuthService, impl: createAuthServiceImpl(ctx) },
+      { service: AccountService, impl: createAccountServiceImpl(ctx) },
+    ],
     interceptors: [errorInterceptor(ctx.logger, observerOf(ctx)), authInterceptor(ctx.sessions)],
   };
 }

@@ -4,6 +4,7 @@ import { type AppContext, createAppContext } from "../../src/app-context.js";
 import { createArgon2Hasher, type PasswordHasher } from "../../src/auth/password-hasher.js";
 import { type Config, loadConfig } from "../../src/config.js";
 import type { Database } from "../../src/db/database.js";
+import { AccountService } from "../../src/gen/cadenza/account/v1/account_pb.js";
 import { AdminService } from "../../src/gen/cadenza/admin/v1/admin_pb.js";
 import { HomeserverService } from "../../src/gen/cadenza/homeserver/v1/homeserver_pb.js";
 import { AuthService } from "../../src/gen/protocol/auth/v1/auth_pb.js";
@@ -21,6 +22,8 @@ export const limitsOff: Record<string, string> = {
   LIMIT_REGISTRATIONS: "off",
   LIMIT_LOGIN_FEDERATED: "off",
   LIMIT_FEDERATE: "off",
+  LIMIT_EMAILS_PER_ACCOUNT: "off",
+  LIMIT_EMAILS_PER_ADDRESS: "off",
   LIMIT_LIVE_FLOWS: "off",
   LIMIT_STREAMS_PER_ADDRESS: "off",
   MAX_OPEN_STREAMS: "off",
@@ -72,6 +75,8 @@ export interface TestApp {
   readonly homeserver: Client<typeof HomeserverService>;
   /** An AdminService client, the same way. */
   readonly admin: Client<typeof AdminService>;
+  /** An AccountService client on the public port's handlers. */
+  readonly account: Client<typeof AccountService>;
   close(): Promise<void>;
 }
 
@@ -96,6 +101,7 @@ export async function createTestApp(
     client: createClient(AuthService, transport(connectRoutes(ctx))),
     homeserver: createClient(HomeserverService, transport(internalConnectRoutes(ctx))),
     admin: createClient(AdminService, transport(internalConnectRoutes(ctx))),
+    account: createClient(AccountService, transport(connectRoutes(ctx))),
     close: () => ctx.close(),
   };
 }

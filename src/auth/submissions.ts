@@ -1,0 +1,329 @@
+import type { Audit } from "../audit.js";
+import type { Caller } from "../caller.js";
+import type { Database, Queryable } from "../db/database.js";
+import type { Mailer } from "../email/mailer.js";
+import { HarmonyError } from "../errors.js";
+import type { AccountEventData, AccountEvents } from "../events/account-events.js";
+import type { Limits } from "../limits/limits.js";
+import type { AccountAdminStore } from "./account-admin.js";
+import { emailKey } from "./account-rules.js";
+import type { Accounts, PreparedRegistration } from "./accounts.js";
+import { authErrors } from "./auth-errors.js";
+import { codeErrors, type EmailCodes } from "./email-codes.js";
+import {
+  type CodePurpose,
+  type FlowPolicy,
+  type FlowState,
+  type StepView,
+  type Submission,
+  sessionView,
+  viewOf,
+} from "./flow-machine.js";
+import type { Invites } from "./invites.js";
+import { sha256 } from "./random-ids.js";
+import type { Sessions } from "./sessions.js";
+import type { StoredFlow } from "./stores.js";
+
+/**
+ * Carries out what a submitted form asks (the machine only names it): log
+ * in, register, confirm an email, send a code, reset a password, delete an
+ * account, change a password. The slow part (argon2id) runs outside any
+ * transaction; the writes happen in one, which also appends the flow's next
+ * step and so checks that the flow did not move meanwhile.
+ */
+
+/** What a submission needs of the flow it belongs to. */
+export interface SubmissionContext {
+  readonly flow: StoredFlow;
+  /** The flow's lookup key (its auth_id's SHA-256): codes and audit lines are bound to it. */
+  readonly flowKey: Buffer;
+  readonly caller: Caller;
+  /** Where the flow goes on success. */
+  readonly next: FlowState | "session";
+  /** Appends the flow's next step (and state) in `q`; false when the flow moved first. */
+  append(q: Queryable, state: FlowState, step: StepView): Promise<boolean>;
+}
+
+export type SubmissionsDeps = {
+  readonly db: Database;
+  readonly policy: FlowPolicy;
+  readonly accounts: Accounts;
+  readonly sessions: Sessions;
+  readonly events: Pick<AccountEvents, "record">;
+  readonly limits: Pick<Limits, "rate" | "rateFor" | "loginAttempt" | "loginSucceeded">;
+  readonly audit: Audit;
+  readonly invites: Pick<Invites, "check" | "consume">;
+  readonly codes: EmailCodes;
+  readonly mailer: Mailer | undefined;
+  readonly accountStore: Pick<AccountAdminStore, "deleteSessions" | "delete">;
+  readonly logger: { error(obj: object, msg: string): void };
+};
+
+/** A registration waiting for its email's code, as the code's row keeps it. */
+interface PendingRegistration extends PreparedRegistration {
+  readonly invite: string | undefined;
+}
+
+export function createSubmissions(deps: SubmissionsDeps) {
+  const { db, policy, accounts, sessions, events, limits, audit, invites, codes, mailer } = deps;
+
+  const reasonOf = (err: unknown): string =>
+    err instanceof HarmonyError
+      ? (err.identifier.replace(/^h\./, "").split("\n")[0] ?? "")
+      : "error";
+
+  /** Writes `work` and the flow's next step in one transaction. */
+  const commit = async <T>(
+    c: SubmissionContext,
+    work: (tx: Queryable) => Promise<{ result: T; step: StepView; state: FlowState }>,
+  ): Promise<T> =>
+    db.transaction(async (tx) => {
+      const { result, step, state } = await work(tx);
+      if (!(await c.append(tx, state, step))) throw new HarmonyError(authErrors.flowConflict);
+      return result;
+    });
+
+  /** Where the flow stands after a step that does not end it. */
+  const nextState = (c: SubmissionContext): FlowState =>
+    c.next === "session" ? c.flow.state : c.next;
+
+  /** A new session for `userId`, as the flow's last step, with `work` in its transaction. */
+  const finishWithSession = async (
+    c: SubmissionContext,
+    userId: bigint,
+    work: (tx: Queryable) => Promise<AccountEventData | undefined>,
+  ): Promise<StepView> =>
+    commit(c, async (tx) => {
+      const event = await work(tx);
+      const step = sessionView(userId, await sessions.create(tx, userId, c.caller));
+      // Last: recording an event takes the lock that orders events.
+      if (event) await events.record(tx, userId, event);
+      return { result: step, step, state: c.flow.state };
+    });
+
+  /** Ends every session of `userId` but `keep`, in `tx`, with its event. */
+  const endSessions = async (tx: Queryable, userId: bigint, keep?: string): Promise<string[]> => {
+    const ended = await deps.accountStore.deleteSessions(tx, userId, undefined, keep);
+    if (ended.length > 0) {
+      await events.record(tx, userId, { kind: "sessions_revoked", sessionIds: ended });
+    }
+    return ended;
+  };
+
+  /** Sends a code without awaiting it, so timing does not tell known addresses from unknown. */
+  const sendInBackground = (to: string, purpose: CodePurpose, code: string): void => {
+    mailer?.sendCode(to, purpose, code).catch((err: unknown) => {
+      deps.logger.error({ err: (err as Error).message, purpose }, "a code email was not sent");
+    });
+  };
+
+  /** The per-account and per-address budgets for emails with codes. */
+  const emailBudget = async (email: string, caller: Caller): Promise<void> => {
+    await limits.rate("emailsPerAddress", caller);
+    await limits.rateFor("emailsPerAccount", sha256(emailKey(email)).toString("hex"), caller);
+  };
+
+  async function login(c: SubmissionContext, email: string, password: string) {
+    // Keyed by the email whether or not an account has it, so unknown and
+    // known emails are throttled alike; while delayed, no password is checked.
+    const throttleKey = sha256(emailKey(email));
+    await limits.loginAttempt(throttleKey, c.caller, c.flowKey);
+    const verified = await accounts.verifyLogin(email, password).catch((err) => {
+      const disabled = err instanceof HarmonyError && err.spec === authErrors.userDisabled;
+      audit.record("login.failed", {
+        caller: c.caller,
+        flowKey: c.flowKey,
+        reason: disabled ? "disabled" : "bad-credentials",
+      });
+      throw err;
+    });
+    return { verified, throttleKey };
+  }
+
+  async function register(c: SubmissionContext, s: Extract<Submission, { kind: "register" }>) {
+    await limits.rate("registrations", c.caller);
+    const prepared = await (async () => {
+      if (policy.invites) await invites.check(s.invite ?? "");
+      return accounts.prepareRegistration(s);
+    })().catch((err) => {
+      audit.record("registration.refused", {
+        caller: c.caller,
+        flowKey: c.flowKey,
+        reason: reasonOf(err),
+      });
+      throw err;
+    });
+    if (c.next === "session") return createAccount(c, { ...prepared, invite: s.invite });
+    // EMAIL_VERIFICATION=required: the account waits in the code's row.
+    await emailBudget(prepared.email, c.caller);
+    const state = nextState(c);
+    const step = viewOf(state, policy);
+    const code = await commit(c, async (tx) => ({
+      result: await codes.issue(tx, c.flowKey, "verify-email", null, {
+        ...prepared,
+        invite: s.invite,
+      } satisfies PendingRegistration),
+      step,
+      state,
+    }));
+    sendInBackground(prepared.email, "verify-email", code);
+    return step;
+  }
+
+  async function createAccount(c: SubmissionContext, pending: PendingRegistration) {
+    let userId = 0n;
+    const step = await commit(c, async (tx) => {
+      if (policy.invites) await invites.consume(tx, pending.invite ?? "");
+      userId = await accounts.createAccount(tx, pending);
+      const session = sessionView(userId, await sessions.create(tx, userId, c.caller));
+      await events.record(tx, userId, { kind: "registered", username: pending.username });
+      return { result: session, step: session, state: c.flow.state };
+    }).catch((err) => {
+      audit.record("registration.refused", {
+        caller: c.caller,
+        flowKey: c.flowKey,
+        reason: reasonOf(err),
+      });
+      throw err;
+    });
+    audit.record("registration.succeeded", { caller: c.caller, flowKey: c.flowKey, userId });
+    return step;
+  }
+
+  async function verifyEmail(c: SubmissionContext, code: string) {
+    const found = await codes.check(c.flowKey, "verify-email", code);
+    const pending = found.payload as PendingRegistration;
+    // Spent in the account's own transaction: a failure leaves the code usable.
+    return createAccount(
+      {
+        ...c,
+        append: async (tx, state, step) => {
+          await codes.spend(tx, c.flowKey, "verify-email", code);
+          return c.append(tx, state, step);
+        },
+      },
+      pending,
+    );
+  }
+
+  async function sendCode(c: SubmissionContext, purpose: CodePurpose, email: string) {
+    await emailBudget(email, c.caller);
+    const user = await accounts.findLocal(email);
+    const state = nextState(c);
+    const step = viewOf(state, policy);
+    // The same steps, writes and answer whether or not an account has the address.
+    const code = await commit(c, async (tx) => ({
+      result: await codes.issue(tx, c.flowKey, purpose, user?.userId ?? null),
+      step,
+      state,
+    }));
+    if (user) sendInBackground(user.email, purpose, code);
+    return step;
+  }
+
+  /** The account a correct code was sent for; the code stays unspent. */
+  async function codeOwner(c: SubmissionContext, purpose: CodePurpose, code: string) {
+    const found = await codes.check(c.flowKey, purpose, code);
+    if (found.userId === null) throw new HarmonyError(codeErrors.invalidCode);
+    return found.userId;
+  }
+
+  async function resetPassword(c: SubmissionContext, code: string, newPassword: string) {
+    const userId = await codeOwner(c, "reset-password", code);
+    const owner = await accountOf(userId);
+    const hash = await accounts.prepareNewPassword(newPassword, owner);
+    const state = nextState(c);
+    const step = viewOf(state, policy);
+    await commit(c, async (tx) => {
+      await codes.spend(tx, c.flowKey, "reset-password", code);
+      await accounts.setPassword(tx, userId, hash);
+      // A reset ends every session of the account.
+      const ended = await endSessions(tx, userId);
+      return { result: ended, step, state };
+    });
+    sessions.evict({ userId });
+    audit.record("password.reset", { caller: c.caller, flowKey: c.flowKey, userId });
+    return step;
+  }
+
+  async function deleteUser(c: SubmissionContext, code: string) {
+    const userId = await codeOwner(c, "delete-user", code);
+    const state = nextState(c);
+    const step = viewOf(state, policy);
+    await commit(c, async (tx) => {
+      await codes.spend(tx, c.flowKey, "delete-user", code);
+      await deps.accountStore.delete(tx, userId);
+      await events.record(tx, userId, { kind: "deleted" });
+      return { result: undefined, step, state };
+    });
+    sessions.evict({ userId });
+    audit.record("account.deleted", { caller: c.caller, flowKey: c.flowKey, userId });
+    return step;
+  }
+
+  async function changePassword(
+    c: SubmissionContext,
+    s: Extract<Submission, { kind: "change-password" }>,
+  ) {
+    const { verified, throttleKey } = await login(c, s.email, s.password);
+    const owner = await accountOf(verified.userId);
+    const hash = await accounts.prepareNewPassword(s.newPassword, owner);
+    const step = await finishWithSession(c, verified.userId, async (tx) => {
+      await accounts.setPassword(tx, verified.userId, hash);
+      // Every other session ends: the new one is made after this.
+      const ended = await deps.accountStore.deleteSessions(tx, verified.userId, undefined);
+      return ended.length > 0 ? { kind: "sessions_revoked", sessionIds: ended } : undefined;
+    });
+    sessions.evict({ userId: verified.userId });
+    await limits.loginSucceeded(throttleKey);
+    audit.record("password.changed", {
+      caller: c.caller,
+      flowKey: c.flowKey,
+      userId: verified.userId,
+    });
+    return step;
+  }
+
+  /** The email and name a new password must not contain. */
+  async function accountOf(userId: bigint) {
+    const owner = await accounts.ownerOf(userId);
+    if (!owner) throw new HarmonyError(codeErrors.invalidCode);
+    return owner;
+  }
+
+  return {
+    /** Carries out a submission; returns the step the flow now stands on. */
+    async carryOut(c: SubmissionContext, s: Submission): Promise<StepView> {
+      switch (s.kind) {
+        case "login": {
+          const { verified, throttleKey } = await login(c, s.email, s.password);
+          const step = await finishWithSession(c, verified.userId, async (tx) => {
+            await accounts.finishLogin(tx, verified);
+            return undefined;
+          });
+          await limits.loginSucceeded(throttleKey);
+          audit.record("login.succeeded", {
+            caller: c.caller,
+            flowKey: c.flowKey,
+            userId: verified.userId,
+          });
+          return step;
+        }
+        case "register":
+          return register(c, s);
+        case "verify-email":
+          return verifyEmail(c, s.code);
+        case "send-code":
+          return sendCode(c, s.purpose, s.email);
+        case "reset-password":
+          return resetPassword(c, s.code, s.newPassword);
+        case "delete-user":
+          return deleteUser(c, s.code);
+        case "change-password":
+          return changePassword(c, s);
+      }
+    },
+  };
+}
+
+export type Submissions = ReturnType<typeof createSubmissions>;
