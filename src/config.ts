@@ -164,7 +164,7 @@ function readSettings(env: Env): { values: SettingValues; problems: string[] } {
       values[name] = s.parse(given === "" ? s.default : given);
     } catch (err) {
       if (!(err instanceof SettingProblem)) throw err;
-      problems.push(`${name}=${given}: ${err.message}`);
+      problems.push(`${name}=${s.shown?.(given) ?? given}: ${err.message}`);
       values[name] = s.parse(s.default);
     }
   }

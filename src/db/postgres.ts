@@ -1,5 +1,6 @@
 import pg from "pg";
 import type { Logger } from "pino";
+import { databaseUrlSecrets } from "../database-url.js";
 import {
   databaseUnavailable,
   type FailurePhase,
@@ -55,25 +56,6 @@ function toPg(value: unknown): unknown {
     : value;
 }
 
-/** The password in a connection string, as written and decoded, never to be logged. */
-function secretsOf(connectionString: string): string[] {
-  try {
-    const url = new URL(connectionString);
-    const given = [url.password, url.searchParams.get("password") ?? ""];
-    return [...given, ...given.map(decoded)].filter((s) => s !== "");
-  } catch {
-    return [];
-  }
-}
-
-function decoded(text: string): string {
-  try {
-    return decodeURIComponent(text);
-  } catch {
-    return text;
-  }
-}
-
 /**
  * A Database on a `pg` connection pool, with every wait bounded: connect and
  * acquire by `connectTimeoutMs`, statements by `queryTimeoutMs`. A call that
@@ -96,7 +78,7 @@ export function createPostgresDatabase(options: PostgresOptions): Database {
     keepAlive: true,
     keepAliveInitialDelayMillis: 30_000,
   };
-  const tracker = createOutageTracker(options.logger, secretsOf(options.connectionString));
+  const tracker = createOutageTracker(options.logger, databaseUrlSecrets(options.connectionString));
   const pool = new pg.Pool(config);
   pool.on("error", (err) => {
     if (isConnectionFailure(err, "query")) tracker.failed(err, "idle connection");
