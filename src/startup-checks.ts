@@ -15,5 +15,13 @@ export function startupWarnings(config: Config): string[] {
         "set KEY_ENCRYPTION_KEY to it and restart; the key is then encrypted in place.",
     );
   }
+  warnings.push(...lookalikeWarnings(config));
   return warnings;
+}
+
+/** One warning per variable that looks like a misspelt setting (the CLI's warnings too). */
+export function lookalikeWarnings(config: Pick<Config, "lookalikes">): string[] {
+  return config.lookalikes.map(
+    ({ name, meant }) => `${name} is not a cadenza setting; did you mean ${meant}?`,
+  );
 }
