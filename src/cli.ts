@@ -1,8 +1,9 @@
 import { randomBytes } from "node:crypto";
 import { createAppContext, createLogger, openDatabase } from "./app-context.js";
-import { ConfigError, loadConfig } from "./config.js";
+import { type Config, loadConfig } from "./config.js";
 import { migrate } from "./db/migrate.js";
-import { StartupError } from "./errors.js";
+import { checkDatabase, lookalikeWarnings, throwProblems } from "./startup-checks.js";
+import { startupFailureReport } from "./startup-failure.js";
 
 const usage = `usage: npm run cli -- <command>
 
@@ -10,14 +11,19 @@ commands:
   migrate       apply pending database migrations and exit (also done at start-up)
   key show      print this server's current public key (base64)
   key rotate    make a new Ed25519 key current; running servers on Postgres switch at once
-                (on embedded PGlite, stop the server first: one process per DATA_DIR)
+                (on embedded PGlite, stop the server first: one process per DATA_DIR,
+                which cadenza enforces)
   key generate-encryption-key
                 print a fresh random KEY_ENCRYPTION_KEY (32 bytes, base64); touches nothing
 `;
 
-/** Operator commands: `npm run cli -- <command>`, with the server's environment. */
-async function main(argv: readonly string[]): Promise<number> {
-  const command = argv.join(" ");
+/**
+ * Operator commands: `npm run cli -- <command>`, with the server's
+ * environment. Commands that open the database first run the server's
+ * database checks (src/startup-checks.ts), so they fail with the same one
+ * line; on PGlite that includes a server holding DATA_DIR.
+ */
+async function main(command: string, loaded: { config?: Config }): Promise<number> {
   if (command === "" || command === "help" || command === "--help") {
     process.stdout.write(usage);
     return command === "" ? 2 : 0;
@@ -31,7 +37,10 @@ async function main(argv: readonly string[]): Promise<number> {
     return 2;
   }
   const config = loadConfig();
+  loaded.config = config;
   const logger = createLogger({ logLevel: config.logLevel === "info" ? "warn" : config.logLevel });
+  for (const warning of lookalikeWarnings(config)) logger.warn(warning);
+  throwProblems(await checkDatabase(config));
   if (command === "migrate") {
     const db = await openDatabase(config, logger);
     try {
@@ -57,13 +66,13 @@ async function main(argv: readonly string[]): Promise<number> {
   }
 }
 
-main(process.argv.slice(2)).then(
+const command = process.argv.slice(2).join(" ");
+const loaded: { config?: Config } = {};
+main(command, loaded).then(
   (code) => process.exit(code),
   (err: unknown) => {
-    const known = err instanceof ConfigError || err instanceof StartupError;
-    process.stderr.write(
-      `cadenza: ${known || !(err instanceof Error) ? String(err instanceof Error ? err.message : err) : err.stack}\n`,
-    );
-    process.exit(known ? 2 : 1);
+    const report = startupFailureReport(err, `cadenza: cannot run ${command}: `, loaded.config);
+    process.stderr.write(report.text);
+    process.exit(report.exitCode);
   },
 );
