@@ -50,7 +50,8 @@ async function startServer(env: Record<string, string>): Promise<Server & { read
   const started = performance.now();
   const child = spawn(process.execPath, ["dist/main.js"], {
     cwd: root,
-    env: { ...process.env, HOST: "127.0.0.1", LOG_LEVEL: "info", ...env },
+    // INTERNAL_PORT=0: two servers run at once, and each checks its ports at start-up.
+    env: { ...process.env, HOST: "127.0.0.1", INTERNAL_PORT: "0", LOG_LEVEL: "info", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stderr = "";

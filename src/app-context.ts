@@ -123,7 +123,7 @@ export async function openDatabase(
     });
   }
   const { createPgliteDatabase } = await import("./db/pglite.js");
-  return createPgliteDatabase(config.dataDir);
+  return createPgliteDatabase(config.dataDir, { logger });
 }
 
 /**

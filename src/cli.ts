@@ -2,12 +2,17 @@ import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { type JsonValue, toJson } from "@bufbuild/protobuf";
 import { timestampDate } from "@bufbuild/protobuf/wkt";
-import { type Client, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import {
+  type Client,
+  Code,
+  ConnectError,
+  createClient,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { createLogger, openDatabase } from "./app-context.js";
-import { type Config, ConfigError, loadConfig } from "./config.js";
+import { type Config, loadConfig } from "./config.js";
 import { migrate } from "./db/migrate.js";
-import { StartupError } from "./errors.js";
 import {
   AdminService,
   type Invite,
@@ -21,6 +26,8 @@ import {
 } from "./gen/cadenza/admin/v1/admin_pb.js";
 import { ErrorSchema } from "./gen/hrpc/v1/hrpc_pb.js";
 import { parseDuration } from "./setting-parsers.js";
+import { checkDatabase, lookalikeWarnings, throwProblems } from "./startup-checks.js";
+import { startupFailureReport } from "./startup-failure.js";
 
 const usage = `usage: npm run cli -- <command> [arguments] [--json] [--server URL]
        (in the image: node dist/cli.js <command> …)
@@ -268,7 +275,7 @@ async function runAdmin(
 }
 
 /** Operator commands: `npm run cli -- <command>`, with the server's environment. */
-async function main(argv: readonly string[]): Promise<number> {
+async function main(argv: readonly string[], loaded: { config?: Config }): Promise<number> {
   if (argv.length === 0 || argv[0] === "help" || argv[0] === "--help") {
     process.stdout.write(usage);
     return argv.length === 0 ? 2 : 0;
@@ -280,10 +287,12 @@ async function main(argv: readonly string[]): Promise<number> {
     return 0;
   }
   const config = loadConfig();
+  loaded.config = config;
+  const logger = createLogger({ logLevel: config.logLevel === "info" ? "warn" : config.logLevel });
+  for (const warning of lookalikeWarnings(config)) logger.warn(warning);
   if (command === "migrate") {
-    const logger = createLogger({
-      logLevel: config.logLevel === "info" ? "warn" : config.logLevel,
-    });
+    // The server's own database checks first (on PGlite: no server holds DATA_DIR).
+    throwProblems(await checkDatabase(config));
     const db = await openDatabase(config, logger);
     try {
       const applied = await migrate(db);
@@ -304,7 +313,8 @@ async function main(argv: readonly string[]): Promise<number> {
   return 0;
 }
 
-main(process.argv.slice(2)).then(
+const loaded: { config?: Config } = {};
+main(process.argv.slice(2), loaded).then(
   (code) => process.exit(code),
   (err: unknown) => {
     if (err instanceof UsageError) {
@@ -314,13 +324,20 @@ main(process.argv.slice(2)).then(
     if (err instanceof ConnectError) {
       // The server's own answer: its identifier and message.
       const identifier = err.findDetails(ErrorSchema)[0]?.identifier;
-      process.stderr.write(`cadenza: ${identifier ? `${identifier}: ` : ""}${err.rawMessage}\n`);
+      const unreachable = err.code === Code.Unavailable && identifier === undefined;
+      process.stderr.write(
+        unreachable
+          ? `cadenza: cannot reach the admin API (${err.rawMessage}): is the server running, and are INTERNAL_HOST and INTERNAL_PORT those it listens on? (or pass --server URL)\n`
+          : `cadenza: ${identifier ? `${identifier}: ` : ""}${err.rawMessage}\n`,
+      );
       process.exit(1);
     }
-    const known = err instanceof ConfigError || err instanceof StartupError;
-    process.stderr.write(
-      `cadenza: ${known || !(err instanceof Error) ? String(err instanceof Error ? err.message : err) : err.stack}\n`,
+    const report = startupFailureReport(
+      err,
+      `cadenza: cannot run ${process.argv.slice(2).join(" ")}: `,
+      loaded.config,
     );
-    process.exit(known ? 2 : 1);
+    process.stderr.write(report.text);
+    process.exit(report.exitCode);
   },
 );

@@ -5,6 +5,7 @@
  */
 
 import { isLoopbackHost } from "./net-address.js";
+import { type Lookalike, settingLookalikes } from "./setting-lookalikes.js";
 import { type Rate, SettingProblem } from "./setting-parsers.js";
 import {
   type logLevels,
@@ -76,6 +77,11 @@ export interface Config {
   /** CIDRs of reverse proxies whose forwarded client address is believed. */
   readonly trustedProxies: readonly string[];
   readonly limits: LimitsConfig;
+  /**
+   * Variables in the environment that are no setting but look like one
+   * misspelt (`FEDERATON_ALLOW`), for a start-up warning.
+   */
+  readonly lookalikes: readonly Lookalike[];
 }
 
 /** Email: how codes are sent, and what is offered with them. */
@@ -190,7 +196,7 @@ function readSettings(env: Env): { values: SettingValues; problems: string[] } {
       values[name] = s.parse(given === "" ? s.default : given);
     } catch (err) {
       if (!(err instanceof SettingProblem)) throw err;
-      problems.push(`${name}=${given}: ${err.message}`);
+      problems.push(`${name}=${s.shown?.(given) ?? given}: ${err.message}`);
       values[name] = s.parse(s.default);
     }
   }
@@ -203,8 +209,9 @@ function readSettings(env: Env): { values: SettingValues; problems: string[] } {
 }
 
 /** The typed configuration object, shaped from the parsed settings. */
-function shape(v: SettingValues): Config {
+function shape(v: SettingValues, lookalikes: readonly Lookalike[]): Config {
   return Object.freeze({
+    lookalikes: Object.freeze(lookalikes),
     host: v.HOST,
     port: v.PORT,
     internal: Object.freeze({
@@ -295,5 +302,6 @@ function shape(v: SettingValues): Config {
 export function loadConfig(env: Env = process.env): Config {
   const { values, problems } = readSettings(env);
   if (problems.length > 0) throw new ConfigError(problems);
-  return shape(values);
+  const present = Object.keys(env).filter((name) => env[name] !== undefined);
+  return shape(values, settingLookalikes(present, Object.keys(settings)));
 }

@@ -131,12 +131,18 @@ export const hrpcErrors = {
 } as const satisfies Record<string, ErrorSpec>;
 
 /**
- * A condition an operator must fix before cadenza can start (a wrong key, a
- * bad setting). main prints its message alone, without a stack.
+ * Why cadenza cannot start, as one line that names the setting and says what
+ * to do. main and the CLI print the message alone, without a stack, and exit
+ * with `exitCode`: 2 (the default) for something an operator must change
+ * (a setting, a file, a taken port or data directory), 1 for a condition that
+ * may pass by itself (the database is down or does not answer).
  */
 export class StartupError extends Error {
-  constructor(message: string) {
-    super(message);
+  readonly exitCode: 1 | 2;
+
+  constructor(message: string, options: { exitCode?: 1 | 2; cause?: unknown } = {}) {
+    super(message, { cause: options.cause });
     this.name = "StartupError";
+    this.exitCode = options.exitCode ?? 2;
   }
 }

@@ -1,25 +1,30 @@
 import { createAppContext, createLogger } from "./app-context.js";
-import { ConfigError, loadConfig } from "./config.js";
-import { StartupError } from "./errors.js";
-import { startServer } from "./server/listener.js";
-import { startupWarnings } from "./startup-checks.js";
+import { type Config, loadConfig } from "./config.js";
+import { type RunningServer, startServer } from "./server/listener.js";
+import { listenFailure, preflight, startupWarnings } from "./startup-checks.js";
+import { startupFailureReport } from "./startup-failure.js";
 
-/** Starts cadenza from the environment and stops it cleanly on SIGTERM or SIGINT. */
-async function main(): Promise<void> {
-  let config: ReturnType<typeof loadConfig>;
-  try {
-    config = loadConfig();
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`cadenza: ${err.message}\n`);
-      process.exit(2);
-    }
-    throw err;
-  }
+/**
+ * Starts cadenza from the environment and stops it cleanly on SIGTERM or
+ * SIGINT. Everything that can be checked is checked before the database is
+ * migrated or a key generated (src/startup-checks.ts); `loaded` receives the
+ * configuration as soon as it is read, for the failure report.
+ */
+async function main(loaded: { config?: Config }): Promise<void> {
+  const config = loadConfig();
+  loaded.config = config;
   const logger = createLogger(config);
   for (const warning of startupWarnings(config)) logger.warn(warning);
+  await preflight(config);
   const ctx = await createAppContext(config, { logger });
-  const server = await startServer(ctx);
+  let server: RunningServer;
+  try {
+    server = await startServer(ctx);
+  } catch (err) {
+    await ctx.close().catch(() => {});
+    // A port taken between the check and now.
+    throw listenFailure(config, err) ?? err;
+  }
 
   let stopping = false;
   const stop = (signal: NodeJS.Signals): void => {
@@ -44,11 +49,9 @@ async function main(): Promise<void> {
   process.on("SIGINT", stop);
 }
 
-main().catch((err: unknown) => {
-  if (err instanceof StartupError) {
-    process.stderr.write(`cadenza: cannot start: ${err.message}\n`);
-    process.exit(2);
-  }
-  process.stderr.write(`cadenza: failed to start: ${err instanceof Error ? err.stack : err}\n`);
-  process.exit(1);
+const loaded: { config?: Config } = {};
+main(loaded).catch((err: unknown) => {
+  const report = startupFailureReport(err, "cadenza: cannot start: ", loaded.config);
+  process.stderr.write(report.text);
+  process.exit(report.exitCode);
 });

@@ -1,3 +1,4 @@
+import { redactDatabaseUrl } from "./database-url.js";
 import {
   bool,
   cidr,
@@ -29,11 +30,14 @@ export interface Setting<T> {
   /** How the README shows the default, when not the text itself. */
   readonly shownDefault?: string;
   readonly parse: Parser<T>;
+  /** How a bad value is echoed in the error report: secrets are not (default: as given). */
+  readonly shown?: (value: string) => string;
   /** One sentence for the README. */
   readonly doc: string;
 }
 
 const setting = <T>(s: Setting<T>): Setting<T> => s;
+const hidden = (): string => "<hidden>";
 
 export const logLevels = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
 
@@ -65,6 +69,7 @@ export const settings = {
       }
       return value;
     },
+    shown: hidden,
     doc: "when set, every internal call needs `Authorization: Bearer <INTERNAL_TOKEN>` (at least 16 characters)",
   }),
   SERVER_ID: setting({
@@ -81,6 +86,7 @@ export const settings = {
   DATABASE_URL: setting({
     default: "",
     parse: postgresUrl,
+    shown: redactDatabaseUrl,
     doc: "`postgres://…` to use Postgres; unset uses embedded PGlite in `DATA_DIR`",
   }),
   DATABASE_LISTEN_URL: setting({
@@ -348,6 +354,7 @@ export const settings = {
   KEY_ENCRYPTION_KEY: setting({
     default: "",
     parse: key32,
+    shown: hidden,
     doc: "32 bytes (base64 or 64 hex digits); when set, the server's private key is stored encrypted with AES-256-GCM",
   }),
 } as const satisfies Record<string, Setting<unknown>>;

@@ -1,11 +1,12 @@
 import { chmod, lstat, mkdir, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { PGlite, type PGliteOptions, type Transaction, types } from "@electric-sql/pglite";
+import type { Logger } from "pino";
 import { StartupError } from "../errors.js";
+import { acquireDataDirLock, type DataDirLock, dataDirProblem, inMemory } from "./data-dir-lock.js";
 import type { Database, NotificationHandlers, Queryable, QueryResult } from "./database.js";
 
-/** `DATA_DIR` value for a database that lives only in memory. */
-export const inMemory = "memory://";
+export { inMemory } from "./data-dir-lock.js";
 
 /**
  * Modes for everything in a data directory: owner only. It holds password
@@ -31,11 +32,21 @@ function adapt(db: PGlite | Transaction): Queryable {
  * A Database on embedded PGlite: real Postgres compiled to WebAssembly, in this
  * process. PGlite runs one query at a time, so a transaction holds the whole
  * database until it ends; `LISTEN/NOTIFY` works within the process.
- * A data directory on disk is kept owner-only (see {@link openDataDir}).
+ * A data directory on disk is held by this process alone until `close` (see
+ * data-dir-lock.ts; `logger` hears of a stale lock taken over) and kept
+ * owner-only (see {@link openDataDir}).
  */
-export async function createPgliteDatabase(dataDir: string): Promise<Database> {
-  const db: PGlite =
-    dataDir === inMemory ? await PGlite.create(options) : await openDataDir(dataDir);
+export async function createPgliteDatabase(
+  dataDir: string,
+  deps: { readonly logger?: Pick<Logger, "warn" | "error"> } = {},
+): Promise<Database> {
+  let lock: DataDirLock | undefined;
+  let db: PGlite;
+  if (dataDir === inMemory) {
+    db = await PGlite.create(options);
+  } else {
+    ({ db, lock } = await openDataDir(dataDir, deps.logger));
+  }
   return {
     kind: "pglite",
     ...adapt(db),
@@ -46,7 +57,11 @@ export async function createPgliteDatabase(dataDir: string): Promise<Database> {
       return db.listen(channel, (payload) => handlers.message(payload));
     },
     async close() {
-      await db.close();
+      try {
+        await db.close();
+      } finally {
+        await lock?.release();
+      }
     },
   };
 }
@@ -78,26 +93,37 @@ const options: PGliteOptions = {
   parsers: { [types.INT8]: (value: string) => BigInt(value) },
 };
 
-async function openDataDir(dataDir: string): Promise<PGlite> {
+async function openDataDir(
+  dataDir: string,
+  logger: Pick<Logger, "warn" | "error"> | undefined,
+): Promise<{ db: PGlite; lock: DataDirLock }> {
   process.umask(process.umask(0o077) | 0o077);
-  await mkdir(dataDir, { recursive: true, mode: DATA_DIR_MODE });
+  try {
+    await mkdir(dataDir, { recursive: true, mode: DATA_DIR_MODE });
+  } catch (err) {
+    throw dataDirProblem(dataDir, err) ?? err;
+  }
   try {
     await chmod(dataDir, DATA_DIR_MODE);
   } catch (err) {
     // As Postgres, refuse a data directory that cannot be made private.
-    if ((err as NodeJS.ErrnoException).code !== "EPERM") throw err;
+    if ((err as NodeJS.ErrnoException).code !== "EPERM") throw dataDirProblem(dataDir, err) ?? err;
     throw new StartupError(
       `DATA_DIR=${dataDir} cannot be made owner-only (0700): it must belong to the user cadenza runs as`,
     );
   }
-  const db = await PGlite.create(dataDir, options);
+  // Before PGlite reads or writes anything in the directory.
+  const lock = await acquireDataDirLock(dataDir, logger === undefined ? {} : { logger });
+  let db: PGlite | undefined;
   try {
+    db = await PGlite.create(dataDir, options);
     await restrictTree(dataDir);
+    return { db, lock };
   } catch (err) {
-    await db.close();
+    await db?.close().catch(() => {});
+    await lock.release();
     throw err;
   }
-  return db;
 }
 
 /** Sets every folder under `dir` to 0700 and every file to 0600; symlinks are left alone. */

@@ -1,5 +1,6 @@
 import pg from "pg";
 import type { Logger } from "pino";
+import { databaseUrlSecrets } from "../database-url.js";
 import {
   databaseUnavailable,
   type FailurePhase,
@@ -63,25 +64,6 @@ function toPg(value: unknown): unknown {
     : value;
 }
 
-/** The password in a connection string, as written and decoded, never to be logged. */
-function secretsOf(connectionString: string): string[] {
-  try {
-    const url = new URL(connectionString);
-    const given = [url.password, url.searchParams.get("password") ?? ""];
-    return [...given, ...given.map(decoded)].filter((s) => s !== "");
-  } catch {
-    return [];
-  }
-}
-
-function decoded(text: string): string {
-  try {
-    return decodeURIComponent(text);
-  } catch {
-    return text;
-  }
-}
-
 /**
  * A Database on a `pg` connection pool, with every wait bounded: connect and
  * acquire by `connectTimeoutMs`, statements by `queryTimeoutMs`. A call that
@@ -142,7 +124,10 @@ export function createPostgresDatabase(options: PostgresOptions): Database {
     ...startupTimeout,
     connectionString: listenConnectionString,
   };
-  const secrets = [...secretsOf(options.connectionString), ...secretsOf(listenConnectionString)];
+  const secrets = [
+    ...databaseUrlSecrets(options.connectionString),
+    ...databaseUrlSecrets(listenConnectionString),
+  ];
   const tracker = createOutageTracker(options.logger, secrets);
   // A pooler and Postgres fail apart: one tracker for each, or a pool query
   // through a healthy pooler would log a recovery while LISTEN still fails.

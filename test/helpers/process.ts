@@ -14,6 +14,9 @@ export interface ServerProcess {
   stop(): Promise<number | null>;
 }
 
+/** Both listeners on any free loopback port, so servers started together never collide. */
+const quiet = { HOST: "127.0.0.1", PORT: "0", INTERNAL_PORT: "0", LOG_LEVEL: "info" };
+
 /**
  * Runs `src/main.ts` as its own process, the way `npm start` does (through tsx
  * rather than a build), and resolves once it logs the address it listens on.
@@ -21,7 +24,7 @@ export interface ServerProcess {
 export async function startServerProcess(env: Record<string, string>): Promise<ServerProcess> {
   const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
     cwd: root,
-    env: { ...process.env, HOST: "127.0.0.1", PORT: "0", LOG_LEVEL: "info", ...env },
+    env: { ...process.env, ...quiet, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   const logs: Record<string, unknown>[] = [];
@@ -82,6 +85,38 @@ export async function runCli(
   child.stderr?.on("data", (d: Buffer) => {
     stderr += d.toString();
   });
-  const [code] = (await once(child, "exit")) as [number | null];
+  const [code] = (await once(child, "close")) as [number | null];
+  return { code, stdout, stderr };
+}
+
+/**
+ * Runs `src/main.ts` to completion, for start-ups that must fail: resolves
+ * with its exit code and output. A process still running after `timeoutMs`
+ * (it started instead of failing) is killed and the promise rejects.
+ */
+export async function runServerToExit(
+  env: Record<string, string>,
+  timeoutMs: number,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+    cwd: root,
+    env: { ...process.env, ...quiet, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout?.on("data", (d: Buffer) => {
+    stdout += d.toString();
+  });
+  child.stderr?.on("data", (d: Buffer) => {
+    stderr += d.toString();
+  });
+  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+  // "close", not "exit": the output may still be arriving when the process exits.
+  const [code, signal] = (await once(child, "close")) as [number | null, NodeJS.Signals | null];
+  clearTimeout(timer);
+  if (signal === "SIGKILL") {
+    throw new Error(`src/main.ts was still running after ${timeoutMs} ms:\n${stdout}${stderr}`);
+  }
   return { code, stdout, stderr };
 }
