@@ -50,6 +50,8 @@ export interface Config {
   readonly shutdownGraceMs: number;
   /** How long an hRPC WebSocket may take to send its request. */
   readonly hrpcStreamRequestTimeoutMs: number;
+  /** Connection limits and timeouts: see {@link ConnectionConfig}. */
+  readonly connections: ConnectionConfig;
   readonly federation: FederationConfig;
 }
 
@@ -71,6 +73,20 @@ export interface FederationConfig {
   readonly requestTimeoutMs: number;
   /** 32-byte key (AES-256-GCM) the server's private key is encrypted with at rest. */
   readonly keyEncryptionKey: Buffer | undefined;
+}
+
+/** How long connections may take and how many may be open (src/server/connections.ts). */
+export interface ConnectionConfig {
+  /** Time from accept to the first request's headers (TLS handshake included), and for each later HTTP/1.1 request's headers. */
+  readonly requestDeadlineMs: number;
+  /** An HTTP/1.1 keep-alive connection, or an HTTP/2 one with no open stream, is closed after this long. */
+  readonly idleTimeoutMs: number;
+  /** Open connections at most. */
+  readonly maxConnections: number;
+  /** Open connections at most from one client address (an IPv6 /64); 0 for no limit. */
+  readonly maxConnectionsPerAddress: number;
+  /** SETTINGS_MAX_CONCURRENT_STREAMS for every HTTP/2 connection. */
+  readonly http2MaxConcurrentStreams: number;
 }
 
 /** Thrown by {@link loadConfig} with every problem found, one per line. */
@@ -157,6 +173,13 @@ function shape(v: SettingValues): Config {
     readMaxBytes: v.READ_MAX_BYTES,
     shutdownGraceMs: v.SHUTDOWN_GRACE,
     hrpcStreamRequestTimeoutMs: v.HRPC_STREAM_REQUEST_TIMEOUT,
+    connections: Object.freeze({
+      requestDeadlineMs: v.REQUEST_DEADLINE,
+      idleTimeoutMs: v.IDLE_TIMEOUT,
+      maxConnections: v.MAX_CONNECTIONS,
+      maxConnectionsPerAddress: v.MAX_CONNECTIONS_PER_ADDRESS,
+      http2MaxConcurrentStreams: v.HTTP2_MAX_CONCURRENT_STREAMS,
+    }),
     federation: Object.freeze({
       enabled: v.FEDERATION === "on",
       allow: v.FEDERATION_ALLOW,

@@ -114,6 +114,31 @@ export const settings = {
     parse: duration(0),
     doc: "how long shutdown waits for calls in flight",
   }),
+  REQUEST_DEADLINE: setting({
+    default: "10s",
+    parse: duration(100, 300_000),
+    doc: "time a new connection has to send its first request's headers (TLS handshake included); later HTTP/1.1 requests too",
+  }),
+  IDLE_TIMEOUT: setting({
+    default: "75s",
+    parse: duration(100, 3_600_000),
+    doc: "an HTTP/1.1 keep-alive connection, or an HTTP/2 one with no open stream, is closed after this long (HTTP/2: GOAWAY)",
+  }),
+  MAX_CONNECTIONS: setting({
+    default: "10000",
+    parse: int(1, 1_000_000),
+    doc: "open connections at most; more are closed as they arrive (keep it below the open-file limit, `ulimit -n`)",
+  }),
+  MAX_CONNECTIONS_PER_ADDRESS: setting({
+    default: "256",
+    parse: int(0, 1_000_000),
+    doc: "open connections at most from one client address (IPv6: one /64); `0`: no limit (behind a reverse proxy, for now)",
+  }),
+  HTTP2_MAX_CONCURRENT_STREAMS: setting({
+    default: "100",
+    parse: int(1, 10_000),
+    doc: "streams (calls) one HTTP/2 connection may have open at once",
+  }),
   HRPC_STREAM_REQUEST_TIMEOUT: setting({
     default: "10s",
     parse: duration(100),
