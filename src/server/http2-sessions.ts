@@ -1,10 +1,13 @@
 import {
+  constants,
   createServer,
   type Http2ServerRequest,
   type Http2ServerResponse,
   type ServerHttp2Session,
+  type ServerHttp2Stream,
 } from "node:http2";
 import type { Socket } from "node:net";
+import { performance } from "node:perf_hooks";
 import type { TLSSocket } from "node:tls";
 import type { Logger } from "pino";
 
@@ -12,7 +15,8 @@ import type { Logger } from "pino";
  * The HTTP/2 side of the one port: a Node `http2` server that never listens
  * itself (the listener hands it sockets), with the limits every session gets:
  * a cap on concurrent streams, flow-control windows sized to one message,
- * and GOAWAY after an idle spell.
+ * GOAWAY after an idle spell, and streams whose request nobody will read
+ * reset, with GOAWAY, so that they cannot wedge the connection.
  */
 
 export interface Http2SessionsOptions {
@@ -65,6 +69,7 @@ export function createHttp2Sessions(options: Http2SessionsOptions): Http2Session
     let idle: NodeJS.Timeout | undefined;
     let started = false;
     let closing = false;
+    const resets = createResetBudget();
     // Node closes a session that got GOAWAY once its streams end, then waits
     // for the client to close the connection; one that does not is cut off.
     const cutOffLater = (): void => {
@@ -86,9 +91,20 @@ export function createHttp2Sessions(options: Http2SessionsOptions): Http2Session
       }
       open++;
       clearTimeout(idle);
+      endUnreadRequest(stream, goAway);
       stream.once("close", () => {
         open--;
         if (session.destroyed) return;
+        // A stream the client reset before it was answered (rapid reset).
+        const abandoned = stream.rstCode !== constants.NGHTTP2_NO_ERROR && !stream.headersSent;
+        if (abandoned && !resets.take()) {
+          logger.warn(
+            { remoteAddress: socket.remoteAddress },
+            "closing an HTTP/2 connection that resets streams faster than they can be answered",
+          );
+          session.destroy(new Error("rapid reset"), constants.NGHTTP2_ENHANCE_YOUR_CALM);
+          return;
+        }
         if (open > 0) return;
         if (closing || session.closed) cutOffLater();
         else idle = setTimeout(goAway, idleTimeoutMs, "idle");
@@ -127,4 +143,70 @@ export function createHttp2Sessions(options: Http2SessionsOptions): Http2Session
       for (const close of closers.values()) close();
     },
   };
+}
+
+/**
+ * Streams a client may reset before their response began, at once and then
+ * per second (rapid reset, CVE-2023-44487). Each costs the handler about half
+ * a millisecond, and nghttp2's own limit lets a burst of 1,000 through (over
+ * half a second of blocked event loop, measured); once the session is
+ * destroyed, the rest of a flood is not handed to the handler at all.
+ */
+const RESET_BURST = 200;
+const RESETS_PER_SECOND = 20;
+
+/** A token bucket of stream resets: `take()` is false once a client has used it up. */
+function createResetBudget(): { take(): boolean } {
+  let tokens = RESET_BURST;
+  let last = performance.now();
+  return {
+    take() {
+      const now = performance.now();
+      tokens = Math.min(RESET_BURST, tokens + ((now - last) / 1000) * RESETS_PER_SECOND);
+      last = now;
+      if (tokens < 1) return false;
+      tokens -= 1;
+      return true;
+    },
+  };
+}
+
+/**
+ * How long a stream may go on receiving a request body nobody reads, after
+ * its response is complete, before it is reset.
+ */
+const UNREAD_BODY_GRACE_MS = 1_000;
+
+/**
+ * A response can be complete while its request is still arriving: Connect
+ * refuses an oversize message after reading its first five bytes, a route
+ * ignores a body. Node's HTTP/2 client (under connect-node and grpc-js) never
+ * gives back the memory it counted for a request body it could not send, and
+ * once 10 MiB of such bodies have piled up on one connection it refuses every
+ * later response there with ENHANCE_YOUR_CALM. So the session gets GOAWAY at
+ * once (the client goes on with a fresh connection and a fresh count), the
+ * rest of the body is read and thrown away so that the client can finish,
+ * and a stream still open after {@link UNREAD_BODY_GRACE_MS} is reset
+ * (NO_ERROR, RFC 9113 §8.1). connect-node, for one, never finishes such a
+ * body; resetting it sooner, right after the trailers, can reach it before it
+ * has read them.
+ */
+function endUnreadRequest(stream: ServerHttp2Stream, endSession: (reason: string) => void): void {
+  stream.once("finish", () => {
+    if (stream.destroyed || stream.state.remoteClose === 1) return;
+    endSession("a response completed before its request body");
+    // The compatibility layer's "data" listener pauses the stream again on
+    // every chunk its finished request refuses; reading in paused mode is
+    // immune to that.
+    stream.removeAllListeners("data");
+    const drain = (): void => {
+      while (stream.read() !== null);
+    };
+    stream.on("readable", drain);
+    drain();
+    const reset = setTimeout(() => {
+      if (!stream.destroyed) stream.close(constants.NGHTTP2_NO_ERROR);
+    }, UNREAD_BODY_GRACE_MS);
+    stream.once("close", () => clearTimeout(reset));
+  });
 }
