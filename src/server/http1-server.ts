@@ -1,10 +1,12 @@
 import type { IncomingMessage, Server, ServerResponse } from "node:http";
 import type { Connections } from "./connections.js";
+import { checkingHost } from "./host-header.js";
 
 /**
  * The HTTP/1.1 side of the one port: the Node `http` server Fastify runs on
- * (made by buildApp, never listening itself), given the listener's timeouts
- * and the hooks that tell the connection registry a request arrived.
+ * (made by buildApp, never listening itself), given the listener's timeouts,
+ * the Host check in front of Fastify's handler, and the hooks that tell the
+ * connection registry a request arrived.
  */
 
 export interface Http1Options {
@@ -28,7 +30,7 @@ export interface Http1Server {
 
 export function adoptHttp1Server(server: Server, options: Http1Options): Http1Server {
   const { connections, requestDeadlineMs, idleTimeoutMs, shuttingDown } = options;
-  const { handler } = options;
+  const handler = checkingHost(options.handler);
   server.removeListener("request", options.handler);
   if (server.listenerCount("request") !== 0) {
     throw new Error("the HTTP/1.1 server has a request listener other than Fastify's");

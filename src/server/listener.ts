@@ -12,6 +12,7 @@ import type { AppContext } from "../app-context.js";
 import { buildApp } from "./build-app.js";
 import { createConnectionLimits } from "./connection-limits.js";
 import { createConnections } from "./connections.js";
+import { checkingHost } from "./host-header.js";
 import { adoptHttp1Server } from "./http1-server.js";
 import { createHttp2Sessions } from "./http2-sessions.js";
 import { sniffHttp2 } from "./sniff.js";
@@ -42,7 +43,7 @@ export interface ServerOptions {
  * is sniffed for the HTTP/2 preface (gRPC, and Connect with prior knowledge)
  * and otherwise handed to HTTP/1.1 (browsers, gRPC-Web, Connect, hRPC). With
  * TLS, ALPN chooses between h2 and http/1.1. Both servers share Fastify's
- * handler.
+ * handler, behind a check of the Host header.
  *
  * Every connection must complete its first request within REQUEST_DEADLINE
  * and is closed after IDLE_TIMEOUT without one in progress; connections over
@@ -74,10 +75,9 @@ export async function startServer(
   const http2 = createHttp2Sessions({
     // Fastify's handler serves HTTP/2 compatibility-API requests as it does in
     // its own `http2` mode; only its type is HTTP/1.1-specific.
-    handler: built.handler as unknown as (
-      req: Http2ServerRequest,
-      res: Http2ServerResponse,
-    ) => void,
+    handler: checkingHost(
+      built.handler as unknown as (req: Http2ServerRequest, res: Http2ServerResponse) => void,
+    ),
     maxConcurrentStreams: limits.http2MaxConcurrentStreams,
     readMaxBytes: config.readMaxBytes,
     idleTimeoutMs: limits.idleTimeoutMs,
