@@ -9,7 +9,8 @@ import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { WebSocket } from "ws";
 import { type AppContext, createAppContext } from "../src/app-context.js";
 import { AuthService, StreamStepsRequestSchema } from "../src/gen/protocol/auth/v1/auth_pb.js";
-import { openFileLimit } from "../src/server/connection-limits.js";
+import { addressKey, clientAddress, openFileLimit } from "../src/server/connection-limits.js";
+import { authorityProblem } from "../src/server/host-header.js";
 import { type RunningServer, type ServerOptions, startServer } from "../src/server/listener.js";
 import { fastHasher, testConfig } from "./helpers/app.js";
 import { pglite, type TestDatabase } from "./helpers/databases.js";
@@ -843,4 +844,38 @@ describe("2,000 silent hRPC WebSockets", () => {
     expect(Math.min(...atLeast)).toBeGreaterThanOrEqual(REQUEST_TIMEOUT_MS - EARLY_MS);
     expect(Math.max(...atMost)).toBeLessThan(REQUEST_TIMEOUT_MS + 2 * SLACK_MS);
   }, 60_000);
+});
+
+describe("what the limits count and check", () => {
+  it.each([
+    ["127.0.0.2", "127.0.0.2"],
+    ["::ffff:127.0.0.2", "127.0.0.2"],
+    ["2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"],
+    ["2001:db8:1:2::9", "2001:db8:1:2::/64"],
+    ["2001:0db8:0001:0002:ffff::", "2001:db8:1:2::/64"],
+    ["2001:db8::1", "2001:db8:0:0::/64"],
+    ["::1", "0:0:0:0::/64"],
+    ["fe80::1%eth0", "fe80:0:0:0::/64"],
+    ["64:ff9b::192.0.2.1", "64:ff9b:0:0::/64"],
+  ])("counts %s as %s", (address, key) => {
+    expect(addressKey(clientAddress(address) ?? "")).toBe(key);
+  });
+
+  it.each([
+    ["cadenza", undefined],
+    ["chat.example.org:2289", undefined],
+    ["127.0.0.1:65535", undefined],
+    ["[::1]:2289", undefined],
+    ["xn--bcher-kva.example", undefined],
+    [undefined, "no Host header"],
+    ["", "no Host header"],
+    ["[", "malformed Host header"],
+    ["[zz]", "malformed Host header"],
+    ["a b", "malformed Host header"],
+    ["x:99999", "malformed Host header"],
+    ["user@host", "malformed Host header"],
+    ["host/path", "malformed Host header"],
+  ])("a Host of %j: %s", (authority, problem) => {
+    expect(authorityProblem(authority)).toBe(problem);
+  });
 });
