@@ -136,7 +136,7 @@ export const settings = {
   }),
   HTTP2_MAX_CONCURRENT_STREAMS: setting({
     default: "100",
-    parse: int(1, 10_000),
+    parse: int(1, 2 ** 31 - 1),
     doc: "streams (calls) one HTTP/2 connection may have open at once",
   }),
   HRPC_STREAM_REQUEST_TIMEOUT: setting({
