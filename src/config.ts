@@ -79,6 +79,8 @@ export interface FederationConfig {
 export interface ConnectionConfig {
   /** Time from accept to the first request's headers (TLS handshake included), and for each later HTTP/1.1 request's headers. */
   readonly requestDeadlineMs: number;
+  /** Time a request has to arrive whole, body included. */
+  readonly requestTimeoutMs: number;
   /** An HTTP/1.1 keep-alive connection, or an HTTP/2 one with no open stream, is closed after this long. */
   readonly idleTimeoutMs: number;
   /** Open connections at most. */
@@ -175,6 +177,7 @@ function shape(v: SettingValues): Config {
     hrpcStreamRequestTimeoutMs: v.HRPC_STREAM_REQUEST_TIMEOUT,
     connections: Object.freeze({
       requestDeadlineMs: v.REQUEST_DEADLINE,
+      requestTimeoutMs: Math.max(v.REQUEST_TIMEOUT, v.REQUEST_DEADLINE),
       idleTimeoutMs: v.IDLE_TIMEOUT,
       maxConnections: v.MAX_CONNECTIONS,
       maxConnectionsPerAddress: v.MAX_CONNECTIONS_PER_ADDRESS,

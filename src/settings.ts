@@ -119,6 +119,11 @@ export const settings = {
     parse: duration(100, 300_000),
     doc: "time a new connection has to send its first request's headers (TLS handshake included); later HTTP/1.1 requests too",
   }),
+  REQUEST_TIMEOUT: setting({
+    default: "30s",
+    parse: duration(100, 3_600_000),
+    doc: "time a request has to arrive whole, body included (HTTP/1.1 and HTTP/2); at least `REQUEST_DEADLINE`",
+  }),
   IDLE_TIMEOUT: setting({
     default: "75s",
     parse: duration(100, 3_600_000),

@@ -24,6 +24,7 @@ describe("loadConfig", () => {
       readMaxBytes: 65536,
       connections: {
         requestDeadlineMs: 10_000,
+        requestTimeoutMs: 30_000,
         idleTimeoutMs: 75_000,
         maxConnections: 10_000,
         maxConnectionsPerAddress: 256,

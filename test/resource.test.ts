@@ -130,6 +130,7 @@ function probe(socket: Socket): Promise<"served" | "refused"> {
 
 const DEADLINE_MS = 300;
 const IDLE_MS = 300;
+const REQUEST_MS = 600;
 
 describe("stalled connections are closed on time", () => {
   let port: number;
@@ -137,6 +138,7 @@ describe("stalled connections are closed on time", () => {
   beforeAll(async () => {
     const { server } = await serve({
       REQUEST_DEADLINE: `${DEADLINE_MS}ms`,
+      REQUEST_TIMEOUT: `${REQUEST_MS}ms`,
       IDLE_TIMEOUT: `${IDLE_MS}ms`,
     });
     port = server.port;
@@ -219,6 +221,43 @@ describe("stalled connections are closed on time", () => {
     expect(await goaway).toBe(h2.NGHTTP2_NO_ERROR);
     expect(ms).toBeGreaterThanOrEqual(IDLE_MS - EARLY_MS);
     expect(ms).toBeLessThan(IDLE_MS + SLACK_MS);
+  });
+
+  it("an HTTP/1.1 request whose body never finishes, at REQUEST_TIMEOUT", async () => {
+    const since = performance.now();
+    const socket = await dial(port);
+    const closed = closeAfter(socket, since);
+    socket.write(
+      "POST /protocol.auth.v1.AuthService/BeginAuth HTTP/1.1\r\nHost: cadenza\r\n" +
+        "Content-Type: application/json\r\nContent-Length: 10\r\n\r\n{",
+    );
+    const ms = await closed;
+    expect(ms).toBeGreaterThanOrEqual(REQUEST_MS - EARLY_MS);
+    expect(ms).toBeLessThan(REQUEST_MS + SLACK_MS);
+  });
+
+  it("an HTTP/2 stream whose body never finishes is reset at REQUEST_TIMEOUT", async () => {
+    const raw = await rawH2(port);
+    const since = performance.now();
+    const reset = raw.next((f) => f.type === FrameType.RST_STREAM && f.streamId === 1);
+    raw.send(
+      headersFrame(1, [
+        [":method", "POST"],
+        [":scheme", "http"],
+        [":authority", "cadenza"],
+        [":path", "/protocol.auth.v1.AuthService/BeginAuth"],
+        ["content-type", "application/json"],
+      ]),
+      frame(FrameType.DATA, 0, 1, Buffer.from("{")),
+    );
+    const f = await reset;
+    const ms = performance.now() - since;
+    expect(f.payload.readUInt32BE(0)).toBe(errorCodes.CANCEL);
+    expect(ms).toBeGreaterThanOrEqual(REQUEST_MS - EARLY_MS);
+    expect(ms).toBeLessThan(REQUEST_MS + SLACK_MS);
+    // The connection itself goes on.
+    await raw.barrier();
+    raw.socket.destroy();
   });
 
   it("a client that resets the connection mid-preface does not bring the server down", async () => {

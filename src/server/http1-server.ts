@@ -15,6 +15,8 @@ export interface Http1Options {
   readonly connections: Connections;
   /** Time for each request's headers (the first one's is the registry's deadline). */
   readonly requestDeadlineMs: number;
+  /** Time for each whole request, body included. */
+  readonly requestTimeoutMs: number;
   /** A keep-alive connection is closed this long after its last response. */
   readonly idleTimeoutMs: number;
   /** Whether the server is shutting down: responses then close their connection. */
@@ -29,7 +31,7 @@ export interface Http1Server {
 }
 
 export function adoptHttp1Server(server: Server, options: Http1Options): Http1Server {
-  const { connections, requestDeadlineMs, idleTimeoutMs, shuttingDown } = options;
+  const { connections, requestDeadlineMs, requestTimeoutMs, idleTimeoutMs, shuttingDown } = options;
   const handler = checkingHost(options.handler);
   server.removeListener("request", options.handler);
   if (server.listenerCount("request") !== 0) {
@@ -47,11 +49,10 @@ export function adoptHttp1Server(server: Server, options: Http1Options): Http1Se
   server.on("upgrade", (req: IncomingMessage) => connections.find(req.socket)?.requestArrived());
 
   // Later requests on a keep-alive connection must complete their headers in
-  // time too; Node checks that every connectionsCheckingInterval.
+  // time too, and every request its body; Node checks both every
+  // connectionsCheckingInterval.
   server.headersTimeout = requestDeadlineMs;
-  if (server.requestTimeout > 0 && server.requestTimeout < requestDeadlineMs) {
-    server.requestTimeout = requestDeadlineMs;
-  }
+  server.requestTimeout = requestTimeoutMs;
   server.keepAliveTimeout = idleTimeoutMs;
   // A constructor option, kept as a property and read when connection
   // tracking starts on "listening" (below).

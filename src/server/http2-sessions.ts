@@ -25,6 +25,8 @@ export interface Http2SessionsOptions {
   readonly maxConcurrentStreams: number;
   /** READ_MAX_BYTES: each stream's receive window holds one whole message and its 5-byte envelope prefix. */
   readonly readMaxBytes: number;
+  /** A stream whose request has not arrived whole by then is reset (CANCEL). */
+  readonly requestTimeoutMs: number;
   /** A session with no open stream for this long gets GOAWAY and is closed. */
   readonly idleTimeoutMs: number;
   readonly logger: Logger;
@@ -45,7 +47,7 @@ export interface Http2Sessions {
 const GOAWAY_CLOSE_GRACE_MS = 1_000;
 
 export function createHttp2Sessions(options: Http2SessionsOptions): Http2Sessions {
-  const { maxConcurrentStreams, readMaxBytes, idleTimeoutMs, logger } = options;
+  const { maxConcurrentStreams, readMaxBytes, requestTimeoutMs, idleTimeoutMs, logger } = options;
   const server = createServer(
     {
       settings: {
@@ -92,7 +94,14 @@ export function createHttp2Sessions(options: Http2SessionsOptions): Http2Session
       open++;
       clearTimeout(idle);
       endUnreadRequest(stream, goAway);
+      const incomplete = setTimeout(() => {
+        // The client is still sending (or not sending) its request.
+        if (!stream.destroyed && stream.state.remoteClose !== 1) {
+          stream.close(constants.NGHTTP2_CANCEL);
+        }
+      }, requestTimeoutMs);
       stream.once("close", () => {
+        clearTimeout(incomplete);
         open--;
         if (session.destroyed) return;
         // A stream the client reset before it was answered (rapid reset).
@@ -193,7 +202,8 @@ const UNREAD_BODY_GRACE_MS = 1_000;
  */
 function endUnreadRequest(stream: ServerHttp2Stream, endSession: (reason: string) => void): void {
   stream.once("finish", () => {
-    if (stream.destroyed || stream.state.remoteClose === 1) return;
+    // Reset already (by the client, or for taking too long), or the request is whole.
+    if (stream.closed || stream.destroyed || stream.state.remoteClose === 1) return;
     endSession("a response completed before its request body");
     // The compatibility layer's "data" listener pauses the stream again on
     // every chunk its finished request refuses; reading in paused mode is

@@ -69,6 +69,7 @@ export async function startServer(
     handler: built.handler as (req: IncomingMessage, res: ServerResponse) => void,
     connections,
     requestDeadlineMs: limits.requestDeadlineMs,
+    requestTimeoutMs: limits.requestTimeoutMs,
     idleTimeoutMs: limits.idleTimeoutMs,
     shuttingDown: () => shuttingDown,
   });
@@ -80,6 +81,7 @@ export async function startServer(
     ),
     maxConcurrentStreams: limits.http2MaxConcurrentStreams,
     readMaxBytes: config.readMaxBytes,
+    requestTimeoutMs: limits.requestTimeoutMs,
     idleTimeoutMs: limits.idleTimeoutMs,
     logger,
   });
