@@ -132,7 +132,7 @@ export const settings = {
   MAX_CONNECTIONS: setting({
     default: "10000",
     parse: int(1, 1_000_000),
-    doc: "open connections at most; more are closed as they arrive (keep it below the open-file limit, `ulimit -n`)",
+    doc: "open connections at most; more are closed as they arrive (lowered to the open-file limit, `ulimit -n`, less 64)",
   }),
   MAX_CONNECTIONS_PER_ADDRESS: setting({
     default: "256",

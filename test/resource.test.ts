@@ -1,7 +1,11 @@
+import { spawn } from "node:child_process";
+import { once } from "node:events";
 import { type ClientHttp2Session, connect as connectHttp2, constants as h2 } from "node:http2";
 import { connect, type Socket } from "node:net";
 import { performance } from "node:perf_hooks";
+import { createInterface } from "node:readline";
 import { connect as connectTls } from "node:tls";
+import { fileURLToPath } from "node:url";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Code, createClient } from "@connectrpc/connect";
 import { pino } from "pino";
@@ -917,4 +921,78 @@ describe("what the limits count and check", () => {
   ])("a Host of %j: %s", (authority, problem) => {
     expect(authorityProblem(authority)).toBe(problem);
   });
+});
+
+describe("the issue's measurement: a server with 1,024 open files and 1,100 silent sockets", () => {
+  it("serves every normal request, and closes the silent sockets at REQUEST_DEADLINE", async () => {
+    const DEADLINE = 2_000;
+    // Lowering ulimit -n for the child only, as the issue measured it.
+    const child = spawn(
+      "sh",
+      ["-c", `ulimit -n 1024 && exec "${process.execPath}" --import tsx src/main.ts`],
+      {
+        cwd: fileURLToPath(new URL("../", import.meta.url)),
+        env: {
+          ...process.env,
+          HOST: "127.0.0.1",
+          PORT: "0",
+          DATA_DIR: "memory://",
+          LOG_LEVEL: "info",
+          REQUEST_DEADLINE: `${DEADLINE}ms`,
+        },
+        stdio: ["ignore", "pipe", "inherit"],
+      },
+    );
+    try {
+      const logs: LogLine[] = [];
+      const url = await new Promise<string>((resolve, reject) => {
+        child.once("exit", (code) => reject(new Error(`the server exited with ${code}`)));
+        createInterface({ input: child.stdout as NodeJS.ReadableStream }).on("line", (line) => {
+          const entry = JSON.parse(line) as LogLine;
+          logs.push(entry);
+          if (entry.msg.startsWith("cadenza listening")) resolve(String(entry.url));
+        });
+      });
+      const port = Number(new URL(url).port);
+
+      const SILENT = 1_100;
+      let closedCount = 0;
+      let allRefused: () => void = () => {};
+      const refusedEnough = new Promise<void>((resolve) => {
+        allRefused = resolve;
+      });
+      const since = performance.now();
+      const silent = await Promise.all(
+        Array.from({ length: SILENT }, () => dial(port, "127.0.0.2")),
+      );
+      const closes = silent.map((s) =>
+        closeAfter(s, since).then((ms) => {
+          // All but MAX_CONNECTIONS_PER_ADDRESS are refused as they arrive.
+          if (++closedCount === SILENT - 256) allRefused();
+          return ms;
+        }),
+      );
+      await refusedEnough;
+
+      const answers = await Promise.all(
+        Array.from({ length: 30 }, () =>
+          fetch(`${url}/protocol.auth.v1.AuthService/BeginAuth`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: "{}",
+          }).then((res) => res.status),
+        ),
+      );
+      expect(answers).toEqual(answers.map(() => 200));
+
+      const lifetimes = (await Promise.all(closes)).sort((a, b) => a - b);
+      // The 256 that were let in lasted until the deadline, not longer.
+      expect(lifetimes[SILENT - 256]).toBeGreaterThanOrEqual(DEADLINE - EARLY_MS);
+      expect(lifetimes[SILENT - 1]).toBeLessThan(DEADLINE + SLACK_MS);
+      expect(logs.filter((l) => l.msg.startsWith("refusing connections"))).toHaveLength(1);
+    } finally {
+      child.kill("SIGTERM");
+      if (child.exitCode === null) await once(child, "exit");
+    }
+  }, 60_000);
 });

@@ -33,15 +33,24 @@ const REFUSAL_LOG_WINDOW_MS = 10_000;
 /** File descriptors kept free for the database, logs and the like beyond MAX_CONNECTIONS. */
 const RESERVED_FILES = 64;
 
+/**
+ * MAX_CONNECTIONS, lowered to leave {@link RESERVED_FILES} of the process's
+ * open-file limit free: past the limit, accepting fails (EMFILE) and so does
+ * everything else that opens a file or socket, the database included.
+ */
+function fittingFileLimit(max: number, files: number | undefined, logger: Logger): number {
+  if (files === undefined || max + RESERVED_FILES <= files) return max;
+  const fitting = Math.max(1, files - RESERVED_FILES);
+  logger.warn(
+    { maxConnections: max, openFileLimit: files, lowered: fitting },
+    `MAX_CONNECTIONS lowered to ${fitting} to fit the open-file limit (ulimit -n ${files})`,
+  );
+  return fitting;
+}
+
 export function createConnectionLimits(options: ConnectionLimitOptions): ConnectionLimits {
-  const { maxConnections, maxPerAddress, logger } = options;
-  const files = openFileLimit();
-  if (files !== undefined && maxConnections + RESERVED_FILES > files) {
-    logger.warn(
-      { maxConnections, openFileLimit: files },
-      "MAX_CONNECTIONS does not fit the open-file limit (ulimit -n): lower one or raise the other",
-    );
-  }
+  const { maxPerAddress, logger } = options;
+  const maxConnections = fittingFileLimit(options.maxConnections, openFileLimit(), logger);
   const exempt = options.exempt ?? (() => false);
   const perAddress = new Map<string, number>();
   const refused = createRefusalLog(logger, { maxConnections, maxPerAddress });

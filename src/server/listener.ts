@@ -139,6 +139,8 @@ export async function startServer(
       resolve();
     });
   });
+  // Failing to accept one connection (out of files, say) must not stop the server.
+  listener.on("error", (err) => logger.error({ err }, "accepting a connection failed"));
   const { port } = listener.address() as AddressInfo;
   const host = config.host.includes(":") ? `[${config.host}]` : config.host;
   const url = `${config.tls ? "https" : "http"}://${host}:${port}`;
