@@ -50,8 +50,18 @@ async function startServer(env: Record<string, string>): Promise<Server & { read
   const started = performance.now();
   const child = spawn(process.execPath, ["dist/main.js"], {
     cwd: root,
-    // INTERNAL_PORT=0: two servers run at once, and each checks its ports at start-up.
-    env: { ...process.env, HOST: "127.0.0.1", INTERNAL_PORT: "0", LOG_LEVEL: "info", ...env },
+    env: {
+      ...process.env,
+      HOST: "127.0.0.1",
+      // Two servers run at once, and each checks its ports at start-up.
+      INTERNAL_PORT: "0",
+      LOG_LEVEL: "info",
+      // The stream rows hold 10,000 streams from one address, over HTTP/2 on one connection.
+      MAX_CONNECTIONS: "50000",
+      MAX_CONNECTIONS_PER_ADDRESS: "0",
+      HTTP2_MAX_CONCURRENT_STREAMS: "20000",
+      ...env,
+    },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stderr = "";

@@ -67,10 +67,14 @@ export interface Config {
   readonly argon2: Argon2Params;
   /** Largest request message accepted, in bytes. */
   readonly readMaxBytes: number;
+  /** How long /readyz answers 503 before a shutdown stops serving. */
+  readonly shutdownDrainMs: number;
   /** How long a shutdown waits for calls in flight before it cuts them off. */
   readonly shutdownGraceMs: number;
   /** How long an hRPC WebSocket may take to send its request. */
   readonly hrpcStreamRequestTimeoutMs: number;
+  /** Connection limits and timeouts: see {@link ConnectionConfig}. */
+  readonly connections: ConnectionConfig;
   readonly federation: FederationConfig;
   /** How long account events are kept. */
   readonly accountEventRetentionMs: number;
@@ -139,6 +143,22 @@ export interface FederationConfig {
   readonly maxFetches: number;
   /** 32-byte key (AES-256-GCM) the server's private key is encrypted with at rest. */
   readonly keyEncryptionKey: Buffer | undefined;
+}
+
+/** How long connections may take and how many may be open (src/server/connections.ts). */
+export interface ConnectionConfig {
+  /** Time from accept to the first request's headers (TLS handshake included), and for each later HTTP/1.1 request's headers. */
+  readonly requestDeadlineMs: number;
+  /** Time a request has to arrive whole, body included. */
+  readonly requestTimeoutMs: number;
+  /** An HTTP/1.1 keep-alive connection, or an HTTP/2 one with no open stream, is closed after this long. */
+  readonly idleTimeoutMs: number;
+  /** Open connections at most. */
+  readonly maxConnections: number;
+  /** Open connections at most from one client address (an IPv6 /64); 0 for no limit. */
+  readonly maxConnectionsPerAddress: number;
+  /** SETTINGS_MAX_CONCURRENT_STREAMS for every HTTP/2 connection. */
+  readonly http2MaxConcurrentStreams: number;
 }
 
 /** Thrown by {@link loadConfig} with every problem found, one per line. */
@@ -253,6 +273,7 @@ function shape(v: SettingValues, lookalikes: readonly Lookalike[]): Config {
       parallelism: v.ARGON2_PARALLELISM,
     }),
     readMaxBytes: v.READ_MAX_BYTES,
+    shutdownDrainMs: v.SHUTDOWN_DRAIN,
     shutdownGraceMs: v.SHUTDOWN_GRACE,
     hrpcStreamRequestTimeoutMs: v.HRPC_STREAM_REQUEST_TIMEOUT,
     accountEventRetentionMs: v.ACCOUNT_EVENT_RETENTION,
@@ -278,6 +299,14 @@ function shape(v: SettingValues, lookalikes: readonly Lookalike[]): Config {
       streamsPerAddress: v.LIMIT_STREAMS_PER_ADDRESS,
       openStreams: v.MAX_OPEN_STREAMS,
       argon2: Object.freeze({ inFlight: v.ARGON2_MAX_IN_FLIGHT, queued: v.ARGON2_MAX_QUEUED }),
+    }),
+    connections: Object.freeze({
+      requestDeadlineMs: v.REQUEST_DEADLINE,
+      requestTimeoutMs: Math.max(v.REQUEST_TIMEOUT, v.REQUEST_DEADLINE),
+      idleTimeoutMs: v.IDLE_TIMEOUT,
+      maxConnections: v.MAX_CONNECTIONS,
+      maxConnectionsPerAddress: v.MAX_CONNECTIONS_PER_ADDRESS,
+      http2MaxConcurrentStreams: v.HTTP2_MAX_CONCURRENT_STREAMS,
     }),
     federation: Object.freeze({
       enabled: v.FEDERATION === "on",

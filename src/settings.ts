@@ -211,10 +211,45 @@ export const settings = {
     parse: int(1024, 16 * 1024 * 1024),
     doc: "largest request message accepted",
   }),
+  SHUTDOWN_DRAIN: setting({
+    default: "5s",
+    parse: duration(0),
+    doc: "on SIGTERM, how long `/readyz` answers 503 while calls are still served, so load balancers stop sending new ones first",
+  }),
   SHUTDOWN_GRACE: setting({
     default: "10s",
     parse: duration(0),
     doc: "how long shutdown waits for calls in flight",
+  }),
+  REQUEST_DEADLINE: setting({
+    default: "10s",
+    parse: duration(100, 300_000),
+    doc: "time a new connection has to send its first request's headers (TLS handshake included); later HTTP/1.1 requests too",
+  }),
+  REQUEST_TIMEOUT: setting({
+    default: "30s",
+    parse: duration(100, 3_600_000),
+    doc: "time a request has to arrive whole, body included (HTTP/1.1 and HTTP/2); at least `REQUEST_DEADLINE`",
+  }),
+  IDLE_TIMEOUT: setting({
+    default: "75s",
+    parse: duration(100, 3_600_000),
+    doc: "an HTTP/1.1 keep-alive connection, or an HTTP/2 one with no open stream, is closed after this long (HTTP/2: GOAWAY)",
+  }),
+  MAX_CONNECTIONS: setting({
+    default: "10000",
+    parse: int(1, 1_000_000),
+    doc: "open connections at most; more are closed as they arrive (lowered to the open-file limit, `ulimit -n`, less 64)",
+  }),
+  MAX_CONNECTIONS_PER_ADDRESS: setting({
+    default: "256",
+    parse: int(0, 1_000_000),
+    doc: "open connections at most from one client address (IPv6: one /64); `0`: no limit (behind a reverse proxy, for now)",
+  }),
+  HTTP2_MAX_CONCURRENT_STREAMS: setting({
+    default: "100",
+    parse: int(1, 2 ** 31 - 1),
+    doc: "streams (calls) one HTTP/2 connection may have open at once",
   }),
   HRPC_STREAM_REQUEST_TIMEOUT: setting({
     default: "10s",

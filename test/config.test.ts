@@ -25,6 +25,14 @@ describe("loadConfig", () => {
       registration: "open",
       argon2: { memoryKib: 19456, iterations: 2, parallelism: 1 },
       readMaxBytes: 65536,
+      connections: {
+        requestDeadlineMs: 10_000,
+        requestTimeoutMs: 30_000,
+        idleTimeoutMs: 75_000,
+        maxConnections: 10_000,
+        maxConnectionsPerAddress: 256,
+        http2MaxConcurrentStreams: 100,
+      },
     });
     expect(Object.isFrozen(config)).toBe(true);
   });

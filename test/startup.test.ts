@@ -222,22 +222,31 @@ describe("one process per PGlite DATA_DIR", () => {
       const held = new RegExp(
         `^DATA_DIR=${dataDir} is in use by cadenza process ${pid} on host \\S+ since \\S+; stop it first`,
       );
-      const [second, rotate] = await Promise.all([
+      const [second, migrating] = await Promise.all([
         runServerToExit({ DATA_DIR: dataDir }, FAIL_MS),
-        runCli(["key", "rotate"], { DATA_DIR: dataDir }),
+        runCli(["migrate"], { DATA_DIR: dataDir }),
       ]);
       expect(second.code).toBe(2);
       expect(linesOf(second.stderr)).toEqual([expect.stringMatching(/^cadenza: cannot start: /)]);
       expect(linesOf(second.stderr)[0]?.slice("cadenza: cannot start: ".length)).toMatch(held);
-      expect(rotate.code).toBe(2);
-      expect(rotate.stdout).toBe("");
-      expect(linesOf(rotate.stderr)).toEqual([
-        expect.stringMatching(/^cadenza: cannot run key rotate: /),
+      expect(migrating.code).toBe(2);
+      expect(migrating.stdout).toBe("");
+      expect(linesOf(migrating.stderr)).toEqual([
+        expect.stringMatching(/^cadenza: cannot run migrate: /),
       ]);
-      expect(linesOf(rotate.stderr)[0]?.slice("cadenza: cannot run key rotate: ".length)).toMatch(
+      expect(linesOf(migrating.stderr)[0]?.slice("cadenza: cannot run migrate: ".length)).toMatch(
         held,
       );
       expect(await key(first)).toBe(before);
+      // The CLI's other commands go through the running server's admin API:
+      // a rotation is the server's own, and is kept (it was lost before).
+      const rotate = await runCli(["key", "rotate", "--server", first.internalUrl], {
+        DATA_DIR: dataDir,
+      });
+      expect(rotate.code).toBe(0);
+      const rotated = await key(first);
+      expect(rotated).not.toBe(before);
+      expect(rotate.stdout).toContain(rotated);
 
       const exited = once(first.child, "exit");
       first.child.kill("SIGKILL");
@@ -252,7 +261,7 @@ describe("one process per PGlite DATA_DIR", () => {
           ),
         ),
       );
-      expect(await key(next)).toBe(before);
+      expect(await key(next)).toBe(rotated);
       expect(await next.stop()).toBe(0);
       expect(existsSync(join(dataDir, "cadenza.lock"))).toBe(false);
     },

@@ -3,12 +3,15 @@ import {
   createServer as createHttp1Server,
   type Server as Http1Server,
   type IncomingMessage,
+  type ServerResponse,
 } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
 import { type ConnectRouter, cors as connectCors, type Interceptor } from "@connectrpc/connect";
+import { universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import fastifyCors from "@fastify/cors";
 import {
   type FastifyInstance,
+  type FastifyPluginAsync,
   type FastifyReply,
   type FastifyRequest,
   type FastifyServerFactoryHandler,
@@ -27,8 +30,9 @@ import { createAuthServiceImpl } from "./auth-service.js";
 import { callerOf, createClientAddressOf } from "./client-address.js";
 import { healthRoutes } from "./health.js";
 import { createHomeserverServiceImpl } from "./homeserver-service.js";
+import type { BadHostAnswer } from "./host-header.js";
 import { createHrpcAdapter } from "./hrpc/adapter.js";
-import { internalAuthInterceptor } from "./internal-auth.js";
+import { bearerMatches, internalAuthInterceptor, internalErrors } from "./internal-auth.js";
 import type { CallObserver } from "./rpc/failure.js";
 import { answerUnknownMethod, rpcRoutes } from "./rpc/fastify.js";
 import { authInterceptor, errorInterceptor } from "./rpc/interceptors.js";
@@ -41,8 +45,10 @@ export interface BuiltApp {
   readonly handler: FastifyServerFactoryHandler;
   /** The HTTP/1.1 server Fastify runs on (never listening itself: see listener.ts). */
   readonly http1: Http1Server;
-  /** Marks the server as draining: /readyz fails, open streams end with Unavailable. */
+  /** Ends open streams with Unavailable. */
   beginShutdown(): void;
+  /** Answers an RPC whose Host forms no URL in its protocol's error format. */
+  readonly answerBadHost: BadHostAnswer;
 }
 
 /** The end of every call: the request log line and the RPC duration histogram. */
@@ -97,11 +103,20 @@ export const connectRoutes = (ctx: AppContext) => routesOf(publicSurface(ctx));
 export const internalConnectRoutes = (ctx: AppContext) => routesOf(internalSurface(ctx));
 
 /**
- * The Fastify application: CORS, health checks, and the RPC router, which
- * serves Connect (JSON and binary), gRPC and gRPC-Web on the same paths, with
- * hRPC in front of it for Harmony's own clients.
+ * One listener's Fastify application. The public one: CORS, health checks,
+ * and the RPC router serving Connect (JSON and binary), gRPC and gRPC-Web on
+ * the same paths, with hRPC in front of it for Harmony's own clients. The
+ * internal one: health checks, `/metrics`, and the homeserver's and admin
+ * services, behind INTERNAL_TOKEN. Neither serves the other's services.
+ *
+ * `draining` aborts when shutdown begins: /readyz answers 503 from then on,
+ * while calls are still served for SHUTDOWN_DRAIN.
  */
-export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
+export async function buildApp(
+  ctx: AppContext,
+  which: "public" | "internal",
+  draining: AbortSignal,
+): Promise<BuiltApp> {
   const { config, logger } = ctx;
   let handler: FastifyServerFactoryHandler | undefined;
   let http1: Http1Server | undefined;
@@ -109,7 +124,7 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
   // Every call in flight listens on it: many more than EventTarget's warning threshold.
   setMaxListeners(0, shutdown.signal);
 
-  const surface = publicSurface(ctx);
+  const surface = which === "public" ? publicSurface(ctx) : internalSurface(ctx);
   const router = createRpcRouter(surface.services, {
     logger,
     interceptors: surface.interceptors,
@@ -127,14 +142,17 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
 
   // hRPC goes to the same methods: unary calls by content type, before
   // Fastify parses a body it does not know; streams by WebSocket upgrade.
-  const hrpc = createHrpcAdapter({
-    methods: router.methods,
-    callerOf: callerFor,
-    streams: ctx.limits.streams,
-    logger,
-    readMaxBytes: config.readMaxBytes,
-    firstMessageTimeoutMs: config.hrpcStreamRequestTimeoutMs,
-  });
+  const hrpc =
+    which === "public"
+      ? createHrpcAdapter({
+          methods: router.methods,
+          callerOf: callerFor,
+          streams: ctx.limits.streams,
+          logger,
+          readMaxBytes: config.readMaxBytes,
+          firstMessageTimeoutMs: config.hrpcStreamRequestTimeoutMs,
+        })
+      : undefined;
   /** Serves an hRPC unary call on a hijacked reply. */
   const serveHrpc = async (request: FastifyRequest, reply: FastifyReply) => {
     reply.hijack();
@@ -142,7 +160,7 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
     for (const [name, value] of Object.entries(reply.getHeaders())) {
       if (value !== undefined) reply.raw.setHeader(name, value);
     }
-    await hrpc.serveUnary(request.raw, reply.raw);
+    await hrpc?.serveUnary(request.raw, reply.raw);
   };
 
   const app = fastify({
@@ -150,7 +168,7 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
     // A URL the router cannot decode reaches no hook and no route: it is an
     // unknown method too, answered in the protocol the request speaks.
     frameworkErrors: (error, request, reply) => {
-      const answered = hrpc.claims(request.raw)
+      const answered = hrpc?.claims(request.raw)
         ? serveHrpc(request, reply).then(() => true)
         : answerUnknownMethod(router, request, reply, logger);
       answered
@@ -170,34 +188,72 @@ export async function buildApp(ctx: AppContext): Promise<BuiltApp> {
     },
   });
 
-  await app.register(fastifyCors, {
-    // An exact list; an empty one allows no cross-origin callers.
-    origin: config.corsOrigins.includes("*") ? true : [...config.corsOrigins],
-    methods: [...connectCors.allowedMethods],
-    allowedHeaders: [...connectCors.allowedHeaders, "Authorization"],
-    exposedHeaders: [...connectCors.exposedHeaders, "hrpc-version", "retry-after"],
-    maxAge: 7200,
-  });
+  if (which === "public") {
+    await app.register(fastifyCors, {
+      // An exact list; an empty one allows no cross-origin callers.
+      origin: config.corsOrigins.includes("*") ? true : [...config.corsOrigins],
+      methods: [...connectCors.allowedMethods],
+      allowedHeaders: [...connectCors.allowedHeaders, "Authorization"],
+      exposedHeaders: [...connectCors.exposedHeaders, "hrpc-version", "retry-after"],
+      maxAge: 7200,
+    });
+  }
 
-  await app.register(healthRoutes(ctx, shutdown.signal));
+  await app.register(healthRoutes(ctx, draining));
+  if (which === "internal") await app.register(metricsRoute(ctx));
 
-  app.addHook("onRequest", async (request, reply) => {
-    if (!hrpc.claims(request.raw)) return;
-    await serveHrpc(request, reply);
-    return reply;
-  });
+  if (hrpc) {
+    app.addHook("onRequest", async (request, reply) => {
+      if (!hrpc.claims(request.raw)) return;
+      await serveHrpc(request, reply);
+      return reply;
+    });
+  }
   await app.register(rpcRoutes(router, logger, callerFor));
 
   await app.ready();
   if (!handler || !http1) throw new Error("fastify did not call serverFactory");
-  http1.on("upgrade", (req, socket, head) => hrpc.serveUpgrade(req, socket, head));
+  if (hrpc) http1.on("upgrade", (req, socket, head) => hrpc.serveUpgrade(req, socket, head));
   return {
     app,
     handler,
     http1,
+    answerBadHost(req, res, problem) {
+      const method = router.methods.get((req.url ?? "/").split("?", 1)[0] ?? "/");
+      if (!method || hrpc?.claims(req)) return false;
+      const contentType = req.headers["content-type"] ?? "";
+      const answer = method.refuse(
+        contentType,
+        `the request's Host header is unusable: ${problem}`,
+      );
+      universalResponseToNodeResponse(answer, res as ServerResponse).catch((err: unknown) =>
+        logger.debug({ err }, "answer not delivered: the connection closed"),
+      );
+      return true;
+    },
     beginShutdown() {
       shutdown.abort(new HarmonyError(hrpcErrors.unavailable));
-      hrpc.close();
+      hrpc?.close();
     },
+  };
+}
+
+/**
+ * `GET /metrics` in Prometheus' text format, on the internal port, behind
+ * INTERNAL_TOKEN like every internal call (Prometheus sends it as a bearer
+ * token: `authorization: { credentials: … }` in its scrape config).
+ */
+function metricsRoute(ctx: AppContext): FastifyPluginAsync {
+  return async (app) => {
+    app.get("/metrics", async (request, reply) => {
+      const token = ctx.config.internal.token;
+      if (token !== undefined && !bearerMatches(request.headers.authorization, token)) {
+        return reply
+          .code(401)
+          .header("www-authenticate", "Bearer")
+          .send({ error: internalErrors.badInternalToken.message });
+      }
+      return reply.header("content-type", ctx.metrics.contentType).send(await ctx.metrics.text());
+    });
   };
 }

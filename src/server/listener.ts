@@ -1,64 +1,190 @@
 import { readFile } from "node:fs/promises";
-import {
-  createServer as createHttp2Server,
-  type Http2ServerRequest,
-  type Http2ServerResponse,
-  type Http2Session,
-} from "node:http2";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { Http2ServerRequest, Http2ServerResponse } from "node:http2";
 import {
   type AddressInfo,
+  BlockList,
   createServer as createNetServer,
+  isIP,
   type Server,
   type Socket,
 } from "node:net";
 import { createServer as createTlsServer, type TLSSocket } from "node:tls";
 import type { AppContext } from "../app-context.js";
-import { buildApp } from "./build-app.js";
-
-/** The client connection preface every HTTP/2 connection starts with (RFC 9113 §3.4). */
-const HTTP2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+import { type BuiltApp, buildApp } from "./build-app.js";
+import { createConnectionLimits } from "./connection-limits.js";
+import { createConnections } from "./connections.js";
+import { checkingHost } from "./host-header.js";
+import { adoptHttp1Server } from "./http1-server.js";
+import { createHttp2Sessions } from "./http2-sessions.js";
+import { sniffHttp2 } from "./sniff.js";
 
 export interface RunningServer {
-  /** `http://host:port` or `https://host:port`. */
+  /** The public port: `http://host:port` or `https://host:port`. */
   readonly url: string;
   readonly port: number;
+  /** The internal port (HomeserverService, AdminService, /metrics). */
+  readonly internalUrl: string;
+  readonly internalPort: number;
   /**
-   * Stops accepting connections, ends open streams with Unavailable, lets calls
-   * in flight finish for up to SHUTDOWN_GRACE, then closes what is left.
-   * The AppContext (and its database) is the caller's to close afterwards.
+   * Shuts down gracefully: /readyz answers 503 at once while calls are still
+   * served for SHUTDOWN_DRAIN (so load balancers notice); then both listeners
+   * stop accepting, close idle connections, end open streams with
+   * Unavailable, let calls in flight finish for up to SHUTDOWN_GRACE, and
+   * close what is left. The AppContext (and its database) is the caller's to
+   * close afterwards.
    */
   close(): Promise<void>;
 }
 
+export interface ServerOptions {
+  /**
+   * Client addresses MAX_CONNECTIONS_PER_ADDRESS does not apply to on the
+   * public port. Default: the addresses in TRUSTED_PROXIES (behind a reverse
+   * proxy every connection comes from it).
+   */
+  readonly exemptFromAddressLimit?: (address: string) => boolean;
+}
+
+/** One listening socket serving one app. */
+interface Listener {
+  readonly url: string;
+  readonly port: number;
+  /** Stops accepting, ends streams, closes idle connections; resolves when all are gone. */
+  close(): Promise<void>;
+}
+
 /**
- * Serves the app on one port for every protocol. Cleartext: each connection
- * is sniffed for the HTTP/2 preface (gRPC, and Connect with prior knowledge)
- * and otherwise handed to HTTP/1.1 (browsers, gRPC-Web, Connect). With TLS,
- * ALPN chooses between h2 and http/1.1. Both servers share Fastify's handler.
+ * Serves the public app and the internal app, each on its own port.
+ * Cleartext: each connection is sniffed for the HTTP/2 preface (gRPC, and
+ * Connect with prior knowledge) and otherwise handed to HTTP/1.1 (browsers,
+ * gRPC-Web, Connect, hRPC). With TLS, ALPN chooses between h2 and http/1.1.
+ *
+ * Every connection must complete its first request within REQUEST_DEADLINE
+ * and is closed after IDLE_TIMEOUT without one in progress; connections over
+ * MAX_CONNECTIONS or MAX_CONNECTIONS_PER_ADDRESS are closed as they arrive.
  */
-export async function startServer(ctx: AppContext): Promise<RunningServer> {
+export async function startServer(
+  ctx: AppContext,
+  options: ServerOptions = {},
+): Promise<RunningServer> {
   const { config, logger } = ctx;
-  const built = await buildApp(ctx);
-  const { http1 } = built;
-  // Node's HTTP/1.1 server starts tracking connections (which enforces
-  // headersTimeout and requestTimeout, and lets closeIdleConnections work)
-  // on "listening". It never listens itself here, so start that by hand.
-  http1.emit("listening");
-  // Fastify's handler serves HTTP/2 compatibility-API requests as it does in
-  // its own `http2` mode; only its type is HTTP/1.1-specific.
-  const http2 = createHttp2Server(
-    {},
-    built.handler as unknown as (req: Http2ServerRequest, res: Http2ServerResponse) => void,
+  const draining = new AbortController();
+  const exempt = options.exemptFromAddressLimit ?? trustedProxyMatcher(config.trustedProxies);
+  const [publicApp, internalApp] = await Promise.all([
+    buildApp(ctx, "public", draining.signal),
+    buildApp(ctx, "internal", draining.signal),
+  ]);
+  const publicListener = await listen(ctx, publicApp, config.host, config.port, "public", exempt);
+  let internalListener: Listener;
+  try {
+    internalListener = await listen(
+      ctx,
+      internalApp,
+      config.internal.host,
+      config.internal.port,
+      "internal",
+      undefined,
+    );
+  } catch (err) {
+    await publicListener.close();
+    throw err;
+  }
+  logger.info(
+    { url: publicListener.url, internalUrl: internalListener.url, database: ctx.db.kind },
+    `cadenza listening on ${publicListener.url} (internal ${internalListener.url})`,
   );
-  const sessions = new Set<Http2Session>();
-  http2.on("session", (session) => {
-    sessions.add(session);
-    session.once("close", () => sessions.delete(session));
+
+  let closing: Promise<void> | undefined;
+  return {
+    url: publicListener.url,
+    port: publicListener.port,
+    internalUrl: internalListener.url,
+    internalPort: internalListener.port,
+    close() {
+      closing ??= (async () => {
+        draining.abort();
+        if (config.shutdownDrainMs > 0) {
+          logger.info({ drainMs: config.shutdownDrainMs }, "draining: /readyz answers 503");
+          await new Promise((resolve) => setTimeout(resolve, config.shutdownDrainMs));
+        }
+        await Promise.all([publicListener.close(), internalListener.close()]);
+      })();
+      return closing;
+    },
+  };
+}
+
+/** Whether an address is one of TRUSTED_PROXIES. */
+function trustedProxyMatcher(cidrs: readonly string[]): (address: string) => boolean {
+  const list = new BlockList();
+  for (const cidr of cidrs) {
+    const [net = "", bits = ""] = cidr.split("/");
+    list.addSubnet(net, Number(bits), isIP(net) === 6 ? "ipv6" : "ipv4");
+  }
+  return (address) => {
+    const family = isIP(address);
+    return family !== 0 && list.check(address, family === 6 ? "ipv6" : "ipv4");
+  };
+}
+
+/** Serves one app on host:port, for every protocol. */
+async function listen(
+  ctx: AppContext,
+  built: BuiltApp,
+  host: string,
+  port: number,
+  label: "public" | "internal",
+  exempt: ((address: string) => boolean) | undefined,
+): Promise<Listener> {
+  const { config, logger } = ctx;
+  const limits = config.connections;
+  let shuttingDown = false;
+  const connections = createConnections({ requestDeadlineMs: limits.requestDeadlineMs, logger });
+  const admission = createConnectionLimits({
+    maxConnections: limits.maxConnections,
+    maxPerAddress: limits.maxConnectionsPerAddress,
+    ...(exempt ? { exempt } : {}),
+    logger,
   });
-  const sockets = new Set<Socket>();
-  const track = (socket: Socket): void => {
-    sockets.add(socket);
-    socket.once("close", () => sockets.delete(socket));
+  const http1 = adoptHttp1Server(built.http1, {
+    handler: built.handler as (req: IncomingMessage, res: ServerResponse) => void,
+    connections,
+    requestDeadlineMs: limits.requestDeadlineMs,
+    requestTimeoutMs: limits.requestTimeoutMs,
+    idleTimeoutMs: limits.idleTimeoutMs,
+    shuttingDown: () => shuttingDown,
+    badHost: built.answerBadHost,
+  });
+  const http2 = createHttp2Sessions({
+    // Fastify's handler serves HTTP/2 compatibility-API requests as it does in
+    // its own `http2` mode; only its type is HTTP/1.1-specific.
+    handler: checkingHost(
+      built.handler as unknown as (req: Http2ServerRequest, res: Http2ServerResponse) => void,
+      built.answerBadHost,
+    ),
+    maxConcurrentStreams: limits.http2MaxConcurrentStreams,
+    readMaxBytes: config.readMaxBytes,
+    requestTimeoutMs: limits.requestTimeoutMs,
+    idleTimeoutMs: limits.idleTimeoutMs,
+    logger,
+  });
+
+  /** Admits an accepted TCP connection, or closes it at once over a limit. */
+  const accept = (raw: Socket): boolean => {
+    if (shuttingDown || !admission.admit(raw)) {
+      raw.destroy();
+      return false;
+    }
+    connections.accept(raw);
+    return true;
+  };
+  /** Hands an accepted (and, with TLS, decrypted) connection to HTTP/2 or HTTP/1.1. */
+  const handOff = (raw: Socket, socket: Socket | TLSSocket, isHttp2: boolean): void => {
+    const conn = connections.find(raw);
+    if (!conn || raw.destroyed) return;
+    if (isHttp2) conn.setClose(http2.serve(socket, () => conn.requestArrived()));
+    else built.http1.emit("connection", socket);
   };
 
   let listener: Server;
@@ -68,90 +194,70 @@ export async function startServer(ctx: AppContext): Promise<RunningServer> {
       readFile(config.tls.keyFile),
     ]);
     listener = createTlsServer(
-      { cert, key, ALPNProtocols: ["h2", "http/1.1"], handshakeTimeout: 10_000 },
+      {
+        cert,
+        key,
+        ALPNProtocols: ["h2", "http/1.1"],
+        handshakeTimeout: limits.requestDeadlineMs,
+      },
       (socket: TLSSocket) => {
-        track(socket);
-        (socket.alpnProtocol === "h2" ? http2 : http1).emit("connection", socket);
+        const raw = connections.find(socket)?.socket;
+        if (raw) handOff(raw, socket, socket.alpnProtocol === "h2");
+        else socket.destroy();
       },
     );
+    listener.on("connection", (raw: Socket) => void accept(raw));
+    // A failed handshake (the deadline included) closes its socket; nothing to report.
+    listener.on("tlsClientError", (err) => logger.debug({ err }, "TLS handshake failed"));
   } else {
-    listener = createNetServer((socket) => {
-      track(socket);
-      sniff(socket, (isHttp2) => (isHttp2 ? http2 : http1).emit("connection", socket));
+    listener = createNetServer((raw) => {
+      if (accept(raw)) sniffHttp2(raw, (isHttp2) => handOff(raw, raw, isHttp2));
     });
   }
+  admission.guard(listener);
 
   await new Promise<void>((resolve, reject) => {
     listener.once("error", reject);
-    listener.listen(config.port, config.host, () => {
+    listener.listen(port, host, () => {
       listener.off("error", reject);
       resolve();
     });
   });
-  const { port } = listener.address() as AddressInfo;
-  const host = config.host.includes(":") ? `[${config.host}]` : config.host;
-  const url = `${config.tls ? "https" : "http"}://${host}:${port}`;
-  logger.info({ url, database: ctx.db.kind }, `cadenza listening on ${url}`);
+  // Failing to accept one connection (out of files, say) must not stop the server.
+  listener.on("error", (err) => logger.error({ err }, "accepting a connection failed"));
+  const bound = (listener.address() as AddressInfo).port;
+  const shownHost = host.includes(":") ? `[${host}]` : host;
+  const url = `${config.tls ? "https" : "http"}://${shownHost}:${bound}`;
+  logger.debug({ url, listener: label }, `${label} listener ready`);
 
   let closing: Promise<void> | undefined;
   return {
     url,
-    port,
+    port: bound,
     close() {
       closing ??= (async () => {
+        shuttingDown = true;
         const stopped = new Promise<void>((resolve) => listener.close(() => resolve()));
         built.beginShutdown();
-        http1.closeIdleConnections();
-        for (const session of sessions) session.close();
-        const drained = new Promise<void>((resolve) => {
-          const check = (): void => {
-            // Connections go idle as their last call ends; close each then.
-            http1.closeIdleConnections();
-            if (sockets.size === 0) resolve();
-            else setTimeout(check, 20).unref();
-          };
-          check();
-        });
+        // Idle connections go now: those that never sent a request, idle
+        // keep-alive ones, and HTTP/2 sessions without streams (GOAWAY).
+        connections.closeOpening();
+        http1.closeIdle();
+        http2.closeAll();
         let timer: NodeJS.Timeout | undefined;
         await Promise.race([
-          drained,
+          connections.drained(),
           new Promise<void>((resolve) => {
             timer = setTimeout(resolve, config.shutdownGraceMs);
           }),
         ]);
         clearTimeout(timer);
-        for (const socket of sockets) socket.destroy();
-        // Stops the HTTP/1.1 server's connection-checking timer.
-        http1.close(() => {});
+        connections.destroyAll();
+        http1.close();
         await stopped;
         await built.app.close();
       })();
       return closing;
     },
   };
-}
-
-/**
- * Reads just enough of a new connection to tell HTTP/2 prior knowledge from
- * HTTP/1.1, puts the bytes back, and hands the socket on.
- */
-function sniff(socket: Socket, handOff: (isHttp2: boolean) => void): void {
-  let seen = Buffer.alloc(0);
-  const onData = (chunk: Buffer): void => {
-    seen = Buffer.concat([seen, chunk]);
-    const n = Math.min(seen.length, HTTP2_PREFACE.length);
-    const matches = seen.subarray(0, n).equals(HTTP2_PREFACE.subarray(0, n));
-    if (matches && n < HTTP2_PREFACE.length) return; // could still be HTTP/2: read more
-    socket.off("data", onData);
-    socket.pause();
-    socket.unshift(seen);
-    handOff(matches);
-    process.nextTick(() => socket.resume());
-  };
-  socket.on("data", onData);
-  // A client that connects and says nothing is dropped.
-  socket.setTimeout(10_000, () => {
-    if (seen.length < HTTP2_PREFACE.length) socket.destroy();
-  });
-  socket.once("data", () => socket.setTimeout(0));
 }

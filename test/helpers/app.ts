@@ -36,6 +36,7 @@ export function testConfig(env: Record<string, string> = {}): Config {
     DATA_DIR: "memory://",
     PORT: "0",
     INTERNAL_PORT: "0",
+    SHUTDOWN_DRAIN: "0s",
     LOG_LEVEL: "silent",
     ...limitsOff,
     ...env,

@@ -7,6 +7,8 @@ const root = fileURLToPath(new URL("../../", import.meta.url));
 
 export interface ServerProcess {
   readonly url: string;
+  /** The internal port's URL (HomeserverService, AdminService, /metrics). */
+  readonly internalUrl: string;
   readonly child: ChildProcess;
   /** Every log line the process printed, parsed. */
   readonly logs: Record<string, unknown>[];
@@ -15,7 +17,13 @@ export interface ServerProcess {
 }
 
 /** Both listeners on any free loopback port, so servers started together never collide. */
-const quiet = { HOST: "127.0.0.1", PORT: "0", INTERNAL_PORT: "0", LOG_LEVEL: "info" };
+const quiet = {
+  HOST: "127.0.0.1",
+  PORT: "0",
+  INTERNAL_PORT: "0",
+  SHUTDOWN_DRAIN: "0s",
+  LOG_LEVEL: "info",
+};
 
 /**
  * Runs `src/main.ts` as its own process, the way `npm start` does (through tsx
@@ -32,28 +40,31 @@ export async function startServerProcess(env: Record<string, string>): Promise<S
   child.stderr?.on("data", (d: Buffer) => {
     stderr += d.toString();
   });
-  const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${stderr}`)), 30_000);
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited with ${code} before listening:\n${stderr}`));
-    });
-    if (!child.stdout) throw new Error("no stdout");
-    createInterface({ input: child.stdout }).on("line", (line) => {
-      try {
-        const entry = JSON.parse(line) as Record<string, unknown>;
-        logs.push(entry);
-        if (typeof entry.url === "string" && String(entry.msg).startsWith("cadenza listening")) {
-          clearTimeout(timer);
-          resolve(entry.url);
+  const { url, internalUrl } = await new Promise<{ url: string; internalUrl: string }>(
+    (resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`server did not start:\n${stderr}`)), 30_000);
+      child.once("exit", (code) => {
+        clearTimeout(timer);
+        reject(new Error(`server exited with ${code} before listening:\n${stderr}`));
+      });
+      if (!child.stdout) throw new Error("no stdout");
+      createInterface({ input: child.stdout }).on("line", (line) => {
+        try {
+          const entry = JSON.parse(line) as Record<string, unknown>;
+          logs.push(entry);
+          if (typeof entry.url === "string" && String(entry.msg).startsWith("cadenza listening")) {
+            clearTimeout(timer);
+            resolve({ url: entry.url, internalUrl: String(entry.internalUrl) });
+          }
+        } catch {
+          // not a log line
         }
-      } catch {
-        // not a log line
-      }
-    });
-  });
+      });
+    },
+  );
   return {
     url,
+    internalUrl,
     child,
     logs,
     async stop() {
