@@ -219,13 +219,20 @@ export async function buildApp(
     handler,
     http1,
     answerBadHost(req, res, problem) {
-      const method = router.methods.get((req.url ?? "/").split("?", 1)[0] ?? "/");
-      if (!method || hrpc?.claims(req)) return false;
+      const message = `the request's Host header is unusable (${problem}): send the server's name, as in its URL`;
+      if (hrpc?.claims(req)) {
+        hrpc.refuse(req, res, message);
+        return true;
+      }
+      const path = (req.url ?? "/").split("?", 1)[0] ?? "/";
       const contentType = req.headers["content-type"] ?? "";
-      const answer = method.refuse(
-        contentType,
-        `the request's Host header is unusable: ${problem}`,
-      );
+      const method = router.methods.get(path);
+      // A method path is always answered as an RPC; another path only when
+      // its Content-Type names one of the protocols (else the plain 400).
+      const answer = method
+        ? method.refuse(contentType, message)
+        : router.unknownMethod(path, contentType);
+      if (answer === undefined) return false;
       universalResponseToNodeResponse(answer, res as ServerResponse).catch((err: unknown) =>
         logger.debug({ err }, "answer not delivered: the connection closed"),
       );

@@ -1,5 +1,5 @@
 import { Agent, request as httpRequest, type IncomingMessage } from "node:http";
-import { type ClientHttp2Session, connect as http2Connect } from "node:http2";
+import { type ClientHttp2Session, constants, connect as http2Connect } from "node:http2";
 import type { Socket } from "node:net";
 import { fromBinary } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
@@ -206,9 +206,25 @@ function pieces(body: Uint8Array, writes: number): Uint8Array[] {
  * is answered: reading stops there. Rejects when no answer came within
  * `timeoutMs` or the server dropped the request without one.
  */
-export function sendRaw(baseUrl: string, req: RawRequest, timeoutMs: number): Promise<Answer> {
-  return req.http === "2" ? sendHttp2(baseUrl, req, timeoutMs) : sendHttp1(baseUrl, req, timeoutMs);
+export async function sendRaw(
+  baseUrl: string,
+  req: RawRequest,
+  timeoutMs: number,
+): Promise<Answer> {
+  if (req.http !== "2") return sendHttp1(baseUrl, req, timeoutMs);
+  // A stream refused (REFUSED_STREAM) was not processed and may be sent again
+  // (RFC 9113 §8.7), on a fresh connection: what grpc-js and browsers do when
+  // a GOAWAY crossed a request that was already on its way.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await sendHttp2(baseUrl, req, timeoutMs);
+    } catch (err) {
+      if (!(err instanceof RefusedStream) || attempt === 3) throw err;
+    }
+  }
 }
+
+class RefusedStream extends Error {}
 
 function sendHttp1(baseUrl: string, req: RawRequest, timeoutMs: number): Promise<Answer> {
   const url = new URL(baseUrl);
@@ -333,6 +349,8 @@ function sendHttp2(baseUrl: string, req: RawRequest, timeoutMs: number): Promise
           ...a,
           summary: `${a.summary} (the stream closed before its end, RST code ${stream.rstCode})`,
         });
+      } else if (stream.rstCode === constants.NGHTTP2_REFUSED_STREAM) {
+        reject(new RefusedStream("the stream was refused (REFUSED_STREAM) three times"));
       } else reject(new Error(`the stream closed without an answer (RST code ${stream.rstCode})`));
     });
     stream.on("error", () => {});

@@ -24,6 +24,8 @@ export interface HrpcAdapter {
   claims(req: NodeRequest): boolean;
   serveUnary(req: NodeRequest, res: ServerResponse | Http2ServerResponse): Promise<void>;
   serveUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** Answers a request it claims, without serving it, as a malformed hRPC request. */
+  refuse(req: NodeRequest, res: ServerResponse | Http2ServerResponse, message: string): void;
   /** Ends streams still waiting for their request. */
   close(): void;
 }
@@ -79,6 +81,17 @@ export function createHrpcAdapter({
       }
     },
     serveUpgrade: (req, socket, head) => streams.upgrade(req, socket, head),
+    refuse(req, res, message) {
+      const failure = recordFailure(
+        logger,
+        undefined,
+        failureFor(hrpcErrors.badUnaryRequest, message),
+        pathOf(req.url).slice(1, 200),
+      );
+      const { status, headers, body } = hrpcErrorResponse(failure);
+      res.writeHead(status, headers);
+      res.end(body);
+    },
     close: () => streams.close(),
   };
 }
