@@ -506,7 +506,11 @@ describe("HTTP/2 streams", () => {
     expect(performance.now() - callStart).toBeLessThan(SLACK_MS);
     // The flooding connection is sent away (ENHANCE_YOUR_CALM) and closed.
     const goaway = await raw.find((f) => f.type === FrameType.GOAWAY);
-    expect(goawayCode(goaway)).toBe(errorCodes.ENHANCE_YOUR_CALM);
+    // By cadenza's reset budget (ENHANCE_YOUR_CALM), or, on Node 22, by Node
+    // itself first: with streams piling up beyond SETTINGS_MAX_CONCURRENT_STREAMS
+    // (10 here) its callback fails and nghttp2 sends INTERNAL_ERROR, measured
+    // at stream 223 (a plain Node 22 server does the same; Node 20 lets it on).
+    expect([errorCodes.ENHANCE_YOUR_CALM, errorCodes.INTERNAL_ERROR]).toContain(goawayCode(goaway));
     // Within its first few hundred streams of the flood.
     expect(goaway.payload.readUInt32BE(0)).toBeLessThan(2 * 500);
     expect(await closed).toBeLessThan(SLACK_MS);

@@ -22,6 +22,7 @@ const ACK = 0x1;
 
 export const errorCodes = {
   NO_ERROR: 0,
+  INTERNAL_ERROR: 2,
   CANCEL: 8,
   REFUSED_STREAM: 7,
   ENHANCE_YOUR_CALM: 11,
