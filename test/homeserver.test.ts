@@ -304,8 +304,18 @@ describe.skipIf(postgresBackend === undefined)(
     it("streams on B, exactly once and in order, 1,000 registrations made concurrently on A and B", async () => {
       const { cursor: head } = await a.homeserver.getUsers({});
       const streamed = collect(b, head, 1000);
-      const ids = await Promise.all(
-        Array.from({ length: 1000 }, (_, i) => register((i % 2 ? a : b).client, newUser())),
+      // 1,000 registrations, alternating replicas, 128 in flight at a time: each
+      // replica's pool holds 10 connections, and an unbounded fan-out would only
+      // wait past DATABASE_CONNECT_TIMEOUT for one on a loaded machine.
+      const ids: { userId: bigint }[] = [];
+      let next = 0;
+      await Promise.all(
+        Array.from({ length: 128 }, async () => {
+          while (next < 1000) {
+            const i = next++;
+            ids.push(await register((i % 2 ? a : b).client, newUser()));
+          }
+        }),
       );
       const events = await streamed;
       const cursors = events.map((e) => e.cursor);
