@@ -226,6 +226,24 @@ describe.each(backends)("TOTP and recovery codes on $name", (backend) => {
     );
   });
 
+  it("leaves users of other homeservers to their homeserver: they cannot enrol here", async () => {
+    const id = 987_654_321n;
+    await database.db.query(
+      `INSERT INTO users (id, username, homeserver, foreign_user_id, created_at)
+       VALUES ($1, 'visitor', 'other.example.org:2289', 7, now())`,
+      [id],
+    );
+    const token = await app.ctx.sessions.create(database.db, id, {
+      address: "127.0.0.1",
+      userAgent: undefined,
+    });
+    await expectRpcError(
+      app.account.beginTotpEnrollment({}, auth(token)),
+      Code.FailedPrecondition,
+      "h.not-local-user",
+    );
+  });
+
   it("logs in with a code after the password: form totp [code:text], not spent, can go back", async () => {
     const user = await enrolled();
     const authId = await openForm(app.client, "login");
