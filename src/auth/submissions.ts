@@ -339,7 +339,11 @@ export function createSubmissions(deps: SubmissionsDeps) {
   }
 
   /** Completes a login (or change-password) with a code, spent in the same transaction. */
-  async function secondFactor(c: SubmissionContext, code: string, pending: PendingSecondFactor) {
+  async function completeWithCode(
+    c: SubmissionContext,
+    code: string,
+    pending: PendingSecondFactor,
+  ) {
     const { userId } = pending;
     const owner = await accounts.ownerOf(userId);
     if (!owner) throw new HarmonyError(authErrors.badSecondFactor);
@@ -422,7 +426,7 @@ export function createSubmissions(deps: SubmissionsDeps) {
         case "change-password":
           return changePassword(c, s);
         case "second-factor":
-          return secondFactor(c, s.code, s.pending);
+          return completeWithCode(c, s.code, s.pending);
       }
     },
   };
