@@ -48,6 +48,9 @@ users:
   users disable USER | users enable USER
   users delete USER
   users rename USER NEW_USERNAME
+second factor:
+  totp disable USER                    turn USER's TOTP off and delete their recovery codes
+                                       (for a user who lost both); they enrol again themselves
 sessions:
   sessions list USER
   sessions revoke USER [SESSION_ID …]  without IDs, every session of USER
@@ -142,6 +145,7 @@ const userDetail = (u: User): string =>
     `  homeserver  ${u.homeserver || "(local)"}${u.foreignUserId ? ` (their ID ${u.foreignUserId})` : ""}`,
     `  created     ${when(u.createdAt)}`,
     `  disabled    ${u.disabledAt ? when(u.disabledAt) : "no"}`,
+    `  totp        ${u.totpEnabled ? "on" : "off"}`,
     `  sessions    ${u.sessionCount}`,
   ].join("\n");
 
@@ -218,6 +222,14 @@ async function runAdmin(
         (await admin.renameUser({ userId: await userId(rest[0] ?? ""), username: rest[1] ?? "" }))
           .user,
       );
+    case "totp disable": {
+      need(1, "a user ID or username");
+      const { user } = await admin.disableTotp({ userId: await userId(rest[0] ?? "") });
+      return {
+        text: user ? `TOTP is off for user ${user.userId} (${user.username})` : "",
+        json: user ? toJson(UserSchema, user) : null,
+      };
+    }
     case "sessions list": {
       need(1, "a user ID or username");
       const { sessions } = await admin.listSessions({ userId: await userId(rest[0] ?? "") });

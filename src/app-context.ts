@@ -8,6 +8,7 @@ import type { FlowPolicy } from "./auth/flow-machine.js";
 import { createFlows, type Flows } from "./auth/flows.js";
 import { createInvites, type Invites } from "./auth/invites.js";
 import { createArgon2Hasher, type PasswordHasher } from "./auth/password-hasher.js";
+import { createSecondFactor, type SecondFactor } from "./auth/second-factor.js";
 import { createSessions, type Sessions } from "./auth/sessions.js";
 import { createStepHub, type StepHub } from "./auth/step-hub.js";
 import { createSubmissions } from "./auth/submissions.js";
@@ -49,6 +50,7 @@ export interface AppContext {
   readonly audit: Audit;
   readonly accountAdmin: AccountAdmin;
   readonly invites: Invites;
+  readonly secondFactor: SecondFactor;
   readonly metrics: Metrics;
   /** The schema version this build migrates to; /readyz compares against it. */
   readonly schemaVersion: number;
@@ -208,6 +210,22 @@ export async function createAppContext(
       ttlMs: config.email.codeTtlMs,
     });
     lifecycle.job({ name: "codes.sweep", everyMs: SWEEP_INTERVAL_MS, run: codes.sweep });
+    const secondFactor = createSecondFactor({
+      db,
+      clock,
+      store: stores.secondFactor,
+      secret: await loadServerSecret({
+        db,
+        clock,
+        name: "second-factor",
+        keyEncryptionKey: config.federation.keyEncryptionKey,
+      }),
+      issuer: config.totpIssuer,
+      accounts,
+      events,
+      limits,
+      audit,
+    });
     const submissions = createSubmissions({
       db,
       policy,
@@ -220,6 +238,7 @@ export async function createAppContext(
       codes,
       mailer,
       accountStore: stores.accountAdmin,
+      secondFactor,
       logger,
     });
     const hub = await createStepHub({ db, flowStore: stores.flows });
@@ -276,6 +295,7 @@ export async function createAppContext(
       events,
       audit,
       sessions,
+      secondFactorStore: stores.secondFactor,
       sessionIdleTtlMs: config.sessionIdleTtlMs,
     });
 
@@ -307,6 +327,7 @@ export async function createAppContext(
       audit,
       accountAdmin,
       invites,
+      secondFactor,
       metrics,
       schemaVersion: migrations.at(-1)?.version ?? 0,
       lifecycle,

@@ -29,7 +29,15 @@ export type AuditEvent =
   | "admin.user.renamed"
   | "admin.sessions.revoked"
   | "admin.invite.created"
-  | "admin.invite.revoked";
+  | "admin.invite.revoked"
+  | "admin.totp.disabled"
+  | "login.second_factor_required"
+  | "recovery_code.used"
+  | "totp.enrollment.begun"
+  | "totp.enabled"
+  | "totp.disabled"
+  | "totp.refused"
+  | "totp.recovery_codes.regenerated";
 
 export interface AuditFields {
   readonly caller?: Caller;

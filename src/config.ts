@@ -64,6 +64,8 @@ export interface Config {
   readonly sessionMaxTtlMs: number;
   readonly registration: "open" | "closed" | "invite";
   readonly email: EmailConfig;
+  /** The issuer of TOTP key URIs, as authenticator apps show it. */
+  readonly totpIssuer: string;
   readonly argon2: Argon2Params;
   /** Largest request message accepted, in bytes. */
   readonly readMaxBytes: number;
@@ -267,6 +269,8 @@ function shape(v: SettingValues, lookalikes: readonly Lookalike[]): Config {
       verification: v.EMAIL_VERIFICATION === "required",
       codeTtlMs: v.EMAIL_CODE_TTL,
     }),
+    totpIssuer:
+      v.TOTP_ISSUER ?? (v.SERVER_ID ?? "localhost").replace(/:\d+$/, "").replace(/^\[|\]$/g, ""),
     argon2: Object.freeze({
       memoryKib: v.ARGON2_MEMORY_KIB,
       iterations: v.ARGON2_ITERATIONS,

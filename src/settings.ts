@@ -189,6 +189,17 @@ export const settings = {
     parse: duration(60_000, 86_400_000),
     doc: "how long an emailed code (reset, deletion, verification) can be used",
   }),
+  TOTP_ISSUER: setting({
+    default: "",
+    shownDefault: "the `SERVER_ID` host",
+    parse: (value) => {
+      if (value.length > 64 || /[:\p{Cc}]/u.test(value)) {
+        throw new SettingProblem("expected at most 64 characters, without a colon");
+      }
+      return value === "" ? undefined : value;
+    },
+    doc: "the name authenticator apps show beside a TOTP second factor of this server",
+  }),
   LIMIT_EMAILS_PER_ACCOUNT: setting({
     default: "5/1h",
     parse: rate,

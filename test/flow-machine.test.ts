@@ -1,6 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
   advance,
+  awaitSecondFactor,
   type FlowInput,
   type FlowPolicy,
   type FlowRecord,
@@ -226,5 +227,59 @@ describe("flow machine", () => {
     expect(
       rejection(() => advance(flow(initialState, { done: true }), { kind: "current" }, now, open)),
     ).toMatchObject({ identifier: "h.bad-auth-id", message: expect.stringMatching(/complete/) });
+  });
+
+  describe("the second-factor steps", () => {
+    const pending = { userId: 42n, completes: { kind: "login" } } as const;
+    const onCode = awaitSecondFactor(at("initial", "login"), pending);
+
+    it("waits on the totp form [code:text], which can go back", () => {
+      expect(onCode).toEqual({ stack: ["initial", "login", "totp"], secondFactor: pending });
+      expect(step(flow(onCode), { kind: "current" }).step).toEqual({
+        kind: "form",
+        title: "totp",
+        fields: [{ name: "code", type: "text" }],
+        canGoBack: true,
+      });
+    });
+
+    it("turns either code form into a second-factor submission that ends in a session", () => {
+      const recovery = step(flow(onCode), { kind: "choice", choice: "recovery-code" }).state;
+      expect(recovery).toEqual({
+        stack: [...onCode.stack, "recovery-code"],
+        secondFactor: pending,
+      });
+      for (const state of [onCode, recovery]) {
+        expect(advance(flow(state), { kind: "form", values: [str("123 456")] }, now, open)).toEqual(
+          {
+            kind: "submit",
+            submission: { kind: "second-factor", code: "123 456", pending },
+            next: "session",
+          },
+        );
+      }
+    });
+
+    it("forgets the pending login when StepBack leaves the code steps", () => {
+      const recovery = step(flow(onCode), { kind: "choice", choice: "recovery-code" }).state;
+      expect(step(flow(recovery), { kind: "back" }).state).toEqual(onCode);
+      expect(step(flow(onCode), { kind: "back" }).state).toEqual(at("initial", "login"));
+    });
+
+    it("refuses other choices and the recovery choice elsewhere", () => {
+      expect(
+        rejection(() => advance(flow(onCode), { kind: "choice", choice: "login" }, now, open)),
+      ).toMatchObject({ identifier: "h.bad-auth-choice", message: /recovery-code/ });
+      expect(
+        rejection(() =>
+          advance(
+            flow(at("initial", "login")),
+            { kind: "choice", choice: "recovery-code" },
+            now,
+            open,
+          ),
+        ),
+      ).toMatchObject({ identifier: "h.bad-auth-choice" });
+    });
   });
 });

@@ -6,12 +6,13 @@ import { type ErrorSpec, HarmonyError } from "../errors.js";
 import type { AccountEvents } from "../events/account-events.js";
 import { validateUsername } from "./account-rules.js";
 import { authErrors } from "./auth-errors.js";
+import type { SecondFactorStore } from "./second-factor.js";
 import type { Sessions } from "./sessions.js";
 
 /**
  * What operators (the admin API) and users themselves (the account service)
- * do to accounts beyond logging in: disable, enable, delete, rename, and see
- * and end sessions. Each change is written with its account event in one
+ * do to accounts beyond logging in: disable, enable, delete, rename, turn a
+ * second factor off, and see and end sessions. Each change is written with its account event in one
  * transaction, and audited.
  */
 
@@ -26,6 +27,8 @@ export interface AdminUser {
   readonly createdAt: number;
   readonly disabledAt: number | undefined;
   readonly sessionCount: number;
+  /** Whether logins ask for a TOTP code after the password. */
+  readonly totpEnabled: boolean;
 }
 
 export interface SessionInfo {
@@ -107,6 +110,11 @@ export interface AccountAdmin {
   enable(userId: bigint): Promise<AdminUser>;
   delete(userId: bigint): Promise<void>;
   rename(userId: bigint, username: string): Promise<AdminUser>;
+  /**
+   * Turns the user's TOTP off and deletes their recovery codes (for a user
+   * who lost both); emits `second_factor_changed` when it was on.
+   */
+  disableTotp(userId: bigint): Promise<AdminUser>;
   sessions(userId: bigint): Promise<SessionInfo[]>;
   /** Ends the listed sessions of a user (all when `ids` is undefined); returns the IDs that ended. */
   revokeSessions(
@@ -123,6 +131,7 @@ export type AccountAdminDeps = {
   readonly events: Pick<AccountEvents, "record">;
   readonly audit: Audit;
   readonly sessions: Pick<Sessions, "evict">;
+  readonly secondFactorStore: Pick<SecondFactorStore, "remove">;
   readonly sessionIdleTtlMs: number;
 };
 
@@ -204,6 +213,21 @@ export function createAccountAdmin(deps: AccountAdminDeps): AccountAdmin {
           return get(tx, userId);
         })
         .finally(() => sessions.evict({ userId }));
+    },
+
+    async disableTotp(userId) {
+      return db.transaction(async (tx) => {
+        await get(tx, userId);
+        if (await deps.secondFactorStore.remove(tx, userId)) {
+          await events.record(tx, userId, {
+            kind: "second_factor_changed",
+            enabled: false,
+            byOperator: true,
+          });
+          audit.record("admin.totp.disabled", { userId });
+        }
+        return get(tx, userId);
+      });
     },
 
     async sessions(userId) {

@@ -36,6 +36,11 @@ export interface Accounts {
    * one argon2id verification each.
    */
   verifyLogin(email: string, password: string): Promise<VerifiedLogin>;
+  /**
+   * Whether `password` is the password of the local account `userId` (one
+   * argon2id verification, against a dummy hash when it has none).
+   */
+  verifyPassword(userId: bigint, password: string): Promise<boolean>;
   /** Stores an outdated hash's replacement, inside the login's transaction. */
   finishLogin(q: Queryable, login: VerifiedLogin): Promise<void>;
   /** Validates a registration and hashes its password; nothing is written. */
@@ -101,6 +106,13 @@ export async function createAccounts(deps: AccountsDeps): Promise<Accounts> {
         userId: user.id,
         rehash: { from: hash, to: await hasher.hash(normalizePassword(password)) },
       };
+    },
+
+    async verifyPassword(userId, password) {
+      const user = await userStore.findById(db, userId);
+      const hash = user?.passwordHash ?? dummyHash;
+      const ok = await hasher.verify(hash, normalizePassword(password));
+      return ok && user !== undefined && user.passwordHash !== null;
     },
 
     async finishLogin(q, login) {

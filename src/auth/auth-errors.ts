@@ -65,6 +65,24 @@ export const authErrors = {
     code: Code.Unauthenticated,
     message: "wrong email or password",
   },
+  /**
+   * cadenza's own: a wrong second-factor code (TOTP or recovery code) at the
+   * `totp` or `recovery-code` step, or in the account service. The same kind
+   * of answer as a wrong password; it counts towards the login schedule.
+   */
+  badSecondFactor: {
+    identifier: "h.bad-second-factor",
+    code: Code.Unauthenticated,
+    message:
+      "wrong code: enter the 6-digit code your authenticator app shows now, or one of your recovery codes",
+  },
+  /** cadenza's own: a TOTP code that was already accepted once (one code, one use). */
+  secondFactorReplayed: {
+    identifier: "h.bad-second-factor",
+    code: Code.Unauthenticated,
+    message:
+      "this code was already used: wait for your authenticator app to show the next one, then enter that",
+  },
   alreadyRegistered: {
     identifier: "h.already-registered",
     code: Code.AlreadyExists,

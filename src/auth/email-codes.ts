@@ -14,7 +14,8 @@ import type { CodePurpose } from "./flow-machine.js";
  * EMAIL_CODE_TTL.
  */
 
-const ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+/** Crockford's base32: no I, L, O or U, so what is read aloud or typed is unambiguous. */
+export const CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 /** Wrong entries a code survives. */
 export const CODE_ATTEMPTS = 5;
 
@@ -100,7 +101,7 @@ export interface EmailCodes {
 /** A code as it is shown: `XXXX-XXXX`. */
 function newCode(): string {
   let code = "";
-  for (let i = 0; i < 8; i++) code += ALPHABET[randomInt(ALPHABET.length)];
+  for (let i = 0; i < 8; i++) code += CODE_ALPHABET[randomInt(CODE_ALPHABET.length)];
   return `${code.slice(0, 4)}-${code.slice(4)}`;
 }
 

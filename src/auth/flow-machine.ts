@@ -20,6 +20,8 @@ export type StepName =
   | "delete-user-send-token"
   | "delete-user-input-token"
   | "change-password"
+  | "totp"
+  | "recovery-code"
   | "success";
 
 export const stepNames: readonly StepName[] = [
@@ -33,12 +35,31 @@ export const stepNames: readonly StepName[] = [
   "delete-user-send-token",
   "delete-user-input-token",
   "change-password",
+  "totp",
+  "recovery-code",
   "success",
 ];
+
+/** The steps that ask for a second-factor code. */
+const secondFactorSteps: ReadonlySet<StepName> = new Set(["totp", "recovery-code"]);
+
+/**
+ * A password login that passed and waits for its second-factor code: whose
+ * account, and what to do once the code is right.
+ */
+export interface PendingSecondFactor {
+  readonly userId: bigint;
+  readonly completes:
+    | { readonly kind: "login" }
+    /** A change-password, with its new password already hashed (argon2id). */
+    | { readonly kind: "change-password"; readonly passwordHash: string };
+}
 
 /** A flow's state: the steps taken, the current one last. */
 export interface FlowState {
   readonly stack: readonly StepName[];
+  /** Set exactly while the flow stands on a second-factor step. */
+  readonly secondFactor?: PendingSecondFactor;
 }
 
 export interface FlowRecord {
@@ -108,6 +129,12 @@ export type Submission =
     }
   /** The code sent to the email given at `register`. */
   | { readonly kind: "verify-email"; readonly code: string }
+  /** A TOTP or recovery code for a login whose password was right. */
+  | {
+      readonly kind: "second-factor";
+      readonly code: string;
+      readonly pending: PendingSecondFactor;
+    }
   | { readonly kind: "send-code"; readonly purpose: CodePurpose; readonly email: string }
   | { readonly kind: "reset-password"; readonly code: string; readonly newPassword: string }
   | { readonly kind: "delete-user"; readonly code: string }
@@ -153,6 +180,9 @@ const optionTarget: Readonly<Record<string, StepName>> = {
   "change-password": "change-password",
   "back-to-initial": "initial",
 };
+
+/** The choice the `totp` form also takes: a form for a recovery code instead. */
+const RECOVERY_CHOICE = "recovery-code";
 
 function current(state: FlowState): StepName {
   return state.stack[state.stack.length - 1] ?? "initial";
@@ -200,6 +230,9 @@ function formFields(step: StepName, policy: FlowPolicy): readonly FormFieldSpec[
       return [f("token", "password"), f("new-password", "new-password")];
     case "change-password":
       return [f("email", "email"), f("password", "password"), f("new-password", "new-password")];
+    case "totp":
+    case "recovery-code":
+      return [f("code", "text")];
     default:
       return undefined;
   }
@@ -213,6 +246,16 @@ export function viewOf(state: FlowState, policy: FlowPolicy): StepView {
   if (options !== undefined) return { kind: "choice", title: step, options, canGoBack: back };
   const fields = formFields(step, policy) ?? [];
   return { kind: "form", title: step, fields, canGoBack: back };
+}
+
+/**
+ * Where a login (or change-password) goes when its password was right and
+ * the account has a second factor: the `totp` form, remembering the login.
+ * The caller decides that a factor is needed (it takes a lookup); where the
+ * flow goes is decided here.
+ */
+export function awaitSecondFactor(state: FlowState, pending: PendingSecondFactor): FlowState {
+  return { stack: [...state.stack, "totp"], secondFactor: pending };
 }
 
 /** The final step of a completed flow. */
@@ -333,12 +376,24 @@ export function advance(
     case "current":
       return { kind: "step", state, step: viewOf(state, policy) };
     case "back": {
-      const next = canGoBack(state) ? { stack: state.stack.slice(0, -1) } : state;
+      const next = canGoBack(state) ? back(state) : state;
       return { kind: "step", state: next, step: viewOf(next, policy) };
     }
     case "choice": {
+      if (step === "totp" && input.choice === RECOVERY_CHOICE) {
+        const next = { ...state, stack: [...state.stack, "recovery-code" as const] };
+        return { kind: "step", state: next, step: viewOf(next, policy) };
+      }
       const options = choiceOptions(step, policy);
-      if (options === undefined) throw new HarmonyError(authErrors.choiceSentToForm);
+      if (options === undefined) {
+        throw new HarmonyError(authErrors.choiceSentToForm, {
+          ...(step === "totp"
+            ? {
+                message: `the current step is a form; send its fields, or the choice "${RECOVERY_CHOICE}" for a form that takes a recovery code`,
+              }
+            : {}),
+        });
+      }
       if (!options.includes(input.choice)) {
         throw new HarmonyError(authErrors.choiceNotOffered, {
           message: `"${truncate(input.choice)}" is not offered here; the options are: ${options.join(", ") || "(none)"}`,
@@ -385,6 +440,17 @@ export function advance(
             submission: { kind: "verify-email", code: value("token") },
             next: "session",
           };
+        case "totp":
+        case "recovery-code": {
+          // Either form takes either kind of code; the step only says which is asked for.
+          const pending = state.secondFactor;
+          if (!pending) throw new Error(`flow state on ${step} without its pending login`);
+          return {
+            kind: "submit",
+            submission: { kind: "second-factor", code: value("code"), pending },
+            next: "session",
+          };
+        }
         case "reset-password-send-token":
           return {
             kind: "submit",
@@ -427,6 +493,15 @@ export function advance(
       }
     }
   }
+}
+
+/** The state one step back; leaving the second-factor steps forgets the pending login. */
+function back(state: FlowState): FlowState {
+  const stack = state.stack.slice(0, -1);
+  const top = stack[stack.length - 1];
+  return state.secondFactor && top !== undefined && secondFactorSteps.has(top)
+    ? { stack, secondFactor: state.secondFactor }
+    : { stack };
 }
 
 function truncate(text: string): string {

@@ -2,7 +2,7 @@ import type { Audit } from "../audit.js";
 import type { Caller } from "../caller.js";
 import type { Database, Queryable } from "../db/database.js";
 import type { Mailer } from "../email/mailer.js";
-import { HarmonyError } from "../errors.js";
+import { type ErrorSpec, HarmonyError } from "../errors.js";
 import type { AccountEventData, AccountEvents } from "../events/account-events.js";
 import type { Limits } from "../limits/limits.js";
 import type { AccountAdminStore } from "./account-admin.js";
@@ -11,9 +11,11 @@ import type { Accounts, PreparedRegistration } from "./accounts.js";
 import { authErrors } from "./auth-errors.js";
 import { codeErrors, type EmailCodes } from "./email-codes.js";
 import {
+  awaitSecondFactor,
   type CodePurpose,
   type FlowPolicy,
   type FlowState,
+  type PendingSecondFactor,
   type StepView,
   type Submission,
   sessionView,
@@ -21,13 +23,15 @@ import {
 } from "./flow-machine.js";
 import type { Invites } from "./invites.js";
 import { sha256 } from "./random-ids.js";
+import type { SecondFactor } from "./second-factor.js";
 import type { Sessions } from "./sessions.js";
 import type { StoredFlow } from "./stores.js";
 
 /**
  * Carries out what a submitted form asks (the machine only names it): log
- * in, register, confirm an email, send a code, reset a password, delete an
- * account, change a password. The slow part (argon2id) runs outside any
+ * in (with a second-factor code where the account has one), register,
+ * confirm an email, send a code, reset a password, delete an account, change
+ * a password. The slow part (argon2id) runs outside any
  * transaction; the writes happen in one, which also appends the flow's next
  * step and so checks that the flow did not move meanwhile.
  */
@@ -56,8 +60,16 @@ export type SubmissionsDeps = {
   readonly codes: EmailCodes;
   readonly mailer: Mailer | undefined;
   readonly accountStore: Pick<AccountAdminStore, "deleteSessions" | "delete">;
+  readonly secondFactor: Pick<SecondFactor, "enabled" | "check" | "spend">;
   readonly logger: { error(obj: object, msg: string): void };
 };
+
+/** The audit reason of each way a second-factor code is refused. */
+const secondFactorRefusals: ReadonlyMap<ErrorSpec, string> = new Map<ErrorSpec, string>([
+  [authErrors.badSecondFactor, "bad-second-factor"],
+  [authErrors.secondFactorReplayed, "second-factor-replayed"],
+  [authErrors.userDisabled, "disabled"],
+]);
 
 /** A registration waiting for its email's code, as the code's row keeps it. */
 interface PendingRegistration extends PreparedRegistration {
@@ -98,8 +110,36 @@ export function createSubmissions(deps: SubmissionsDeps) {
       const step = sessionView(userId, await sessions.create(tx, userId, c.caller));
       // Last: recording an event takes the lock that orders events.
       if (event) await events.record(tx, userId, event);
-      return { result: step, step, state: c.flow.state };
+      // A pending login (and a new password's hash) is not kept in a spent flow.
+      return { result: step, step, state: { stack: c.flow.state.stack } };
     });
+
+  /**
+   * When the account has a second factor, moves the flow to the `totp` form
+   * instead of finishing it (the password was right; `work` runs in that
+   * step's transaction) and returns that step; undefined otherwise. The
+   * login schedule's count is not reset: only the code's success does that,
+   * or a known password would buy unlimited guesses at codes.
+   */
+  const secondFactorStep = async (
+    c: SubmissionContext,
+    pending: PendingSecondFactor,
+    work: (tx: Queryable) => Promise<void>,
+  ): Promise<StepView | undefined> => {
+    if (!(await deps.secondFactor.enabled(pending.userId))) return undefined;
+    const state = awaitSecondFactor(c.flow.state, pending);
+    const step = viewOf(state, policy);
+    await commit(c, async (tx) => {
+      await work(tx);
+      return { result: undefined, step, state };
+    });
+    audit.record("login.second_factor_required", {
+      caller: c.caller,
+      flowKey: c.flowKey,
+      userId: pending.userId,
+    });
+    return step;
+  };
 
   /** Ends every session of `userId` but `keep`, in `tx`, with its event. */
   const endSessions = async (tx: Queryable, userId: bigint, keep?: string): Promise<string[]> => {
@@ -268,19 +308,77 @@ export function createSubmissions(deps: SubmissionsDeps) {
     const { verified, throttleKey } = await login(c, s.email, s.password);
     const owner = await accountOf(verified.userId);
     const hash = await accounts.prepareNewPassword(s.newPassword, owner);
-    const step = await finishWithSession(c, verified.userId, async (tx) => {
-      await accounts.setPassword(tx, verified.userId, hash);
+    const pending = {
+      userId: verified.userId,
+      completes: { kind: "change-password", passwordHash: hash },
+    } as const;
+    const asked = await secondFactorStep(c, pending, async () => {});
+    if (asked) return asked;
+    return completeChangePassword(c, verified.userId, hash, throttleKey);
+  }
+
+  /** Sets the new password and ends every other session, finishing the flow with a new one. */
+  async function completeChangePassword(
+    c: SubmissionContext,
+    userId: bigint,
+    hash: string,
+    throttleKey: Buffer,
+    inTx: (tx: Queryable) => Promise<void> = async () => {},
+  ) {
+    const step = await finishWithSession(c, userId, async (tx) => {
+      await inTx(tx);
+      await accounts.setPassword(tx, userId, hash);
       // Every other session ends: the new one is made after this.
-      const ended = await deps.accountStore.deleteSessions(tx, verified.userId, undefined);
+      const ended = await deps.accountStore.deleteSessions(tx, userId, undefined);
       return ended.length > 0 ? { kind: "sessions_revoked", sessionIds: ended } : undefined;
     });
-    sessions.evict({ userId: verified.userId });
+    sessions.evict({ userId });
     await limits.loginSucceeded(throttleKey);
-    audit.record("password.changed", {
-      caller: c.caller,
-      flowKey: c.flowKey,
-      userId: verified.userId,
-    });
+    audit.record("password.changed", { caller: c.caller, flowKey: c.flowKey, userId });
+    return step;
+  }
+
+  /** Completes a login (or change-password) with a code, spent in the same transaction. */
+  async function completeWithCode(
+    c: SubmissionContext,
+    code: string,
+    pending: PendingSecondFactor,
+  ) {
+    const { userId } = pending;
+    const owner = await accounts.ownerOf(userId);
+    if (!owner) throw new HarmonyError(authErrors.badSecondFactor);
+    // The same per-account schedule as the password's: wrong codes count.
+    const throttleKey = sha256(emailKey(owner.email));
+    await limits.loginAttempt(throttleKey, c.caller, c.flowKey);
+    const refused = (err: unknown): never => {
+      const reason = err instanceof HarmonyError ? secondFactorRefusals.get(err.spec) : undefined;
+      if (reason) {
+        audit.record("login.failed", { caller: c.caller, flowKey: c.flowKey, userId, reason });
+      }
+      throw err;
+    };
+    const checked = await deps.secondFactor.check(userId, code).catch(refused);
+    const spend = (tx: Queryable) => deps.secondFactor.spend(tx, userId, checked);
+    const step =
+      pending.completes.kind === "change-password"
+        ? await completeChangePassword(
+            c,
+            userId,
+            pending.completes.passwordHash,
+            throttleKey,
+            spend,
+          ).catch(refused)
+        : await finishWithSession(c, userId, async (tx) => {
+            await spend(tx);
+            return undefined;
+          }).catch(refused);
+    if (checked.kind === "recovery") {
+      audit.record("recovery_code.used", { caller: c.caller, flowKey: c.flowKey, userId });
+    }
+    if (pending.completes.kind === "login") {
+      await limits.loginSucceeded(throttleKey);
+      audit.record("login.succeeded", { caller: c.caller, flowKey: c.flowKey, userId });
+    }
     return step;
   }
 
@@ -297,6 +395,12 @@ export function createSubmissions(deps: SubmissionsDeps) {
       switch (s.kind) {
         case "login": {
           const { verified, throttleKey } = await login(c, s.email, s.password);
+          const asked = await secondFactorStep(
+            c,
+            { userId: verified.userId, completes: { kind: "login" } },
+            (tx) => accounts.finishLogin(tx, verified),
+          );
+          if (asked) return asked;
           const step = await finishWithSession(c, verified.userId, async (tx) => {
             await accounts.finishLogin(tx, verified);
             return undefined;
@@ -321,6 +425,8 @@ export function createSubmissions(deps: SubmissionsDeps) {
           return deleteUser(c, s.code);
         case "change-password":
           return changePassword(c, s);
+        case "second-factor":
+          return completeWithCode(c, s.code, s.pending);
       }
     },
   };

@@ -10,10 +10,13 @@ interface UserRow {
   created_at: Date;
   disabled_at: Date | null;
   session_count: bigint;
+  totp_enabled: boolean;
 }
 
 const columns = `u.id, u.username, u.email, u.homeserver, u.foreign_user_id, u.created_at,
-  u.disabled_at, (SELECT count(*) FROM sessions s WHERE s.user_id = u.id) AS session_count`;
+  u.disabled_at, (SELECT count(*) FROM sessions s WHERE s.user_id = u.id) AS session_count,
+  EXISTS (SELECT 1 FROM totp_factors t WHERE t.user_id = u.id AND t.enabled_at IS NOT NULL)
+    AS totp_enabled`;
 
 const toUser = (r: UserRow): AdminUser => ({
   userId: r.id,
@@ -24,9 +27,10 @@ const toUser = (r: UserRow): AdminUser => ({
   createdAt: r.created_at.getTime(),
   disabledAt: r.disabled_at?.getTime(),
   sessionCount: Number(r.session_count),
+  totpEnabled: r.totp_enabled,
 });
 
-/** Accounts as operators manage them (migrations 0001–0006). */
+/** Accounts as operators manage them (migrations 0001–0008). */
 export function createAccountAdminStore(): AccountAdminStore {
   return {
     async list(q, query, afterId, limit) {

@@ -25,6 +25,8 @@ const toJson = (event: AccountEventData): Record<string, unknown> => {
       return { oldUsername: event.oldUsername, username: event.username };
     case "sessions_revoked":
       return { sessionIds: [...event.sessionIds] };
+    case "second_factor_changed":
+      return { enabled: event.enabled, byOperator: event.byOperator };
     default:
       return {};
   }
@@ -49,12 +51,14 @@ const fromJson = (kind: AccountEventKind, data: Record<string, unknown>): Accoun
         kind,
         sessionIds: Array.isArray(data.sessionIds) ? data.sessionIds.map(String) : [],
       };
+    case "second_factor_changed":
+      return { kind, enabled: data.enabled === true, byOperator: data.byOperator === true };
     default:
       return { kind };
   }
 };
 
-/** The account event outbox in Postgres (migration 0004). */
+/** The account event outbox in Postgres (migrations 0004, 0008). */
 export function createAccountEventStore(): AccountEventStore {
   return {
     async append(q, userId, event, now) {

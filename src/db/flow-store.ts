@@ -1,4 +1,9 @@
-import { type FlowState, type StepName, stepNames } from "../auth/flow-machine.js";
+import {
+  type FlowState,
+  type PendingSecondFactor,
+  type StepName,
+  stepNames,
+} from "../auth/flow-machine.js";
 import type {
   FlowStore,
   StepNotificationHandlers,
@@ -12,8 +17,38 @@ export const stepChannel = "cadenza_auth_flow_steps";
 
 const knownSteps: ReadonlySet<string> = new Set<string>(stepNames);
 
+/**
+ * A flow state as JSON. A pending second factor's user ID is a decimal
+ * string (JSON has no 64-bit integers); its new password's hash, when there
+ * is one, is an argon2id PHC string, as users.password_hash keeps it.
+ */
+function stateJson(state: FlowState): string {
+  const { stack, secondFactor } = state;
+  return JSON.stringify(
+    secondFactor
+      ? { stack, secondFactor: { ...secondFactor, userId: secondFactor.userId.toString() } }
+      : { stack },
+  );
+}
+
+function parsePending(value: unknown): PendingSecondFactor {
+  const p = value as { userId?: unknown; completes?: { kind?: unknown; passwordHash?: unknown } };
+  const then = p.completes;
+  if (typeof p.userId === "string" && /^\d{1,20}$/.test(p.userId)) {
+    if (then?.kind === "login") return { userId: BigInt(p.userId), completes: { kind: "login" } };
+    if (then?.kind === "change-password" && typeof then.passwordHash === "string") {
+      return {
+        userId: BigInt(p.userId),
+        completes: { kind: "change-password", passwordHash: then.passwordHash },
+      };
+    }
+  }
+  throw new Error("auth_flows.state has an invalid pending second factor");
+}
+
 function parseState(value: unknown): FlowState {
-  const stack = (value as { stack?: unknown } | null)?.stack;
+  const { stack, secondFactor } =
+    (value as { stack?: unknown; secondFactor?: unknown } | null) ?? {};
   if (
     !Array.isArray(stack) ||
     stack.length === 0 ||
@@ -21,7 +56,9 @@ function parseState(value: unknown): FlowState {
   ) {
     throw new Error("auth_flows.state is not a valid flow state");
   }
-  return { stack: stack as StepName[] };
+  return secondFactor === undefined
+    ? { stack: stack as StepName[] }
+    : { stack: stack as StepName[], secondFactor: parsePending(secondFactor) };
 }
 
 interface FlowRow {
@@ -44,14 +81,7 @@ export function createFlowStore(): FlowStore {
           WHERE $6::int4 IS NULL
              OR (SELECT count(*) FROM auth_flows
                   WHERE client_address = $5 AND NOT done AND expires_at > $3) < $6::int4`,
-        [
-          key,
-          JSON.stringify(state),
-          new Date(now),
-          new Date(expiresAt),
-          clientAddress,
-          maxLive ?? null,
-        ],
+        [key, stateJson(state), new Date(now), new Date(expiresAt), clientAddress, maxLive ?? null],
       );
       return result.rowCount === 1;
     },
@@ -92,7 +122,7 @@ export function createFlowStore(): FlowStore {
         [
           key,
           version,
-          JSON.stringify(next.state),
+          stateJson(next.state),
           next.done,
           new Date(next.expiresAt),
           sealed,

@@ -1,6 +1,7 @@
 import type { AccountAdminStore } from "../auth/account-admin.js";
 import type { EmailCodeStore } from "../auth/email-codes.js";
 import type { InviteStore } from "../auth/invites.js";
+import type { SecondFactorStore } from "../auth/second-factor.js";
 import type { FlowStore, SessionStore, UserStore } from "../auth/stores.js";
 import type { AccountEventStore } from "../events/account-events.js";
 import type {
@@ -24,6 +25,7 @@ import {
 import { createFlowStore } from "./flow-store.js";
 import { createInviteStore } from "./invite-store.js";
 import { createLoginThrottleStore } from "./limit-store.js";
+import { createSecondFactorStore } from "./second-factor-store.js";
 import { createSessionStore } from "./session-store.js";
 import { createUserStore } from "./user-store.js";
 
@@ -42,6 +44,7 @@ export interface Stores {
   readonly accountAdmin: AccountAdminStore;
   readonly invites: InviteStore;
   readonly emailCodes: EmailCodeStore;
+  readonly secondFactor: SecondFactorStore;
 }
 
 /**
@@ -63,5 +66,6 @@ export function createStores(): Stores {
     accountAdmin: createAccountAdminStore(),
     invites: createInviteStore(),
     emailCodes: createEmailCodeStore(),
+    secondFactor: createSecondFactorStore(),
   };
 }

@@ -22,7 +22,13 @@ export type AccountEventData =
   | { readonly kind: "disabled" }
   | { readonly kind: "enabled" }
   | { readonly kind: "deleted" }
-  | { readonly kind: "sessions_revoked"; readonly sessionIds: readonly string[] };
+  | { readonly kind: "sessions_revoked"; readonly sessionIds: readonly string[] }
+  /** TOTP turned on or off, by the user or (off only) by an operator. */
+  | {
+      readonly kind: "second_factor_changed";
+      readonly enabled: boolean;
+      readonly byOperator: boolean;
+    };
 
 export type AccountEventKind = AccountEventData["kind"];
 

@@ -19,8 +19,12 @@ export interface Limits {
   rate(kind: RateKind, caller: Caller): Promise<void>;
   /** Spends one of `key`'s `kind` budget (a key other than an address: an account), or throws. */
   rateFor(kind: RateKind, key: string, caller: Caller): Promise<void>;
-  /** Admits a login attempt for an account key (the SHA-256 of the normalised email), or throws. */
-  loginAttempt(key: Buffer, caller: Caller, flowKey: Buffer): Promise<void>;
+  /**
+   * Admits a login attempt for an account key (the SHA-256 of the normalised
+   * email), or throws. Second-factor codes and passwords checked outside the
+   * flow (the account service) count here too, without a flow.
+   */
+  loginAttempt(key: Buffer, caller: Caller, flowKey?: Buffer): Promise<void>;
   /** A login for the key succeeded: its failures are forgotten. */
   loginSucceeded(key: Buffer): Promise<void>;
   /** Unfinished flows one address may have; undefined is no cap. */
@@ -56,7 +60,9 @@ export function createLimits(deps: {
     },
     async loginAttempt(key, caller, flowKey) {
       await login.attempt(key).catch((err: unknown) => {
-        if (err instanceof HarmonyError) audit.record("login.throttled", { caller, flowKey });
+        if (err instanceof HarmonyError) {
+          audit.record("login.throttled", { caller, ...(flowKey ? { flowKey } : {}) });
+        }
         throw err;
       });
     },

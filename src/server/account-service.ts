@@ -2,13 +2,16 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { type AccountAdmin, adminErrors } from "../auth/account-admin.js";
 import { authErrors } from "../auth/auth-errors.js";
+import type { SecondFactor } from "../auth/second-factor.js";
 import type { AuthenticatedSession } from "../auth/sessions.js";
+import { callerKey } from "../caller.js";
 import { HarmonyError } from "../errors.js";
 import type { AccountService } from "../gen/cadenza/account/v1/account_pb.js";
 import { sessionKey } from "./rpc/interceptors.js";
 
 export type AccountServiceDeps = {
   readonly accountAdmin: Pick<AccountAdmin, "sessions" | "revokeSessions">;
+  readonly secondFactor: SecondFactor;
 };
 
 /** The caller's session, which the auth interceptor checked (every method requires one). */
@@ -20,10 +23,11 @@ function caller(ctx: HandlerContext): AuthenticatedSession {
 
 /**
  * cadenza.account.v1.AccountService on the public port: a user's own
- * sessions. Revocation emits `sessions_revoked` and reaches every replica's
- * session cache at once.
+ * sessions and second factor. Revocation emits `sessions_revoked` and
+ * reaches every replica's session cache at once; turning TOTP on or off
+ * emits `second_factor_changed`.
  */
-export function createAccountServiceImpl({ accountAdmin }: AccountServiceDeps) {
+export function createAccountServiceImpl({ accountAdmin, secondFactor }: AccountServiceDeps) {
   return {
     async listSessions(_req, ctx) {
       const me = caller(ctx);
@@ -61,6 +65,47 @@ export function createAccountServiceImpl({ accountAdmin }: AccountServiceDeps) {
     async logout(_req, ctx) {
       const me = caller(ctx);
       await accountAdmin.revokeSessions(me.userId, [me.sessionId]);
+      return {};
+    },
+
+    async getSecondFactor(_req, ctx) {
+      const status = await secondFactor.status(caller(ctx).userId);
+      return {
+        totpEnabled: status.enabled,
+        ...(status.enabledAt === undefined
+          ? {}
+          : { totpEnabledAt: timestampFromMs(status.enabledAt) }),
+        recoveryCodesLeft: status.recoveryCodesLeft,
+        totpEnrollmentPending: status.pending,
+      };
+    },
+
+    async beginTotpEnrollment(_req, ctx) {
+      const e = await secondFactor.begin(caller(ctx).userId, ctx.values.get(callerKey));
+      return { secret: e.secret, otpauthUri: e.uri, qrCodeSvg: e.qrCodeSvg };
+    },
+
+    async confirmTotpEnrollment(req, ctx) {
+      const me = caller(ctx);
+      return {
+        recoveryCodes: await secondFactor.confirm(me.userId, req.code, ctx.values.get(callerKey)),
+      };
+    },
+
+    async regenerateRecoveryCodes(req, ctx) {
+      const me = caller(ctx);
+      return {
+        recoveryCodes: await secondFactor.regenerateRecoveryCodes(
+          me.userId,
+          req.code,
+          ctx.values.get(callerKey),
+        ),
+      };
+    },
+
+    async disableTotp(req, ctx) {
+      const me = caller(ctx);
+      await secondFactor.disable(me.userId, req.code, req.password, ctx.values.get(callerKey));
       return {};
     },
   } satisfies ServiceImpl<typeof AccountService>;

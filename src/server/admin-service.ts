@@ -24,6 +24,7 @@ const user = (u: AdminUser) => ({
   createdAt: timestampFromMs(u.createdAt),
   ...(u.disabledAt === undefined ? {} : { disabledAt: timestampFromMs(u.disabledAt) }),
   sessionCount: u.sessionCount,
+  totpEnabled: u.totpEnabled,
 });
 
 const session = (s: SessionInfo) => ({
@@ -88,6 +89,9 @@ export function createAdminServiceImpl({
     async deleteUser(req) {
       await accountAdmin.delete(req.userId);
       return {};
+    },
+    async disableTotp(req) {
+      return { user: user(await accountAdmin.disableTotp(req.userId)) };
     },
     async renameUser(req) {
       return { user: user(await accountAdmin.rename(req.userId, req.username)) };

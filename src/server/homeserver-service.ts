@@ -53,6 +53,14 @@ function toEventMessage({
         ...base,
         event: { case: "sessionsRevoked", value: { sessionIds: [...event.sessionIds] } },
       };
+    case "second_factor_changed":
+      return {
+        ...base,
+        event: {
+          case: "secondFactorChanged",
+          value: { enabled: event.enabled, byOperator: event.byOperator },
+        },
+      };
     case "disabled":
       return { ...base, event: { case: "disabled", value: {} } };
     case "enabled":

@@ -1,5 +1,5 @@
 import { type Client, createClient, createRouterTransport } from "@connectrpc/connect";
-import { pino } from "pino";
+import { type Logger, pino } from "pino";
 import { type AppContext, createAppContext } from "../../src/app-context.js";
 import { createArgon2Hasher, type PasswordHasher } from "../../src/auth/password-hasher.js";
 import { type Config, loadConfig } from "../../src/config.js";
@@ -84,14 +84,19 @@ export interface TestApp {
 /** An AppContext on `db` with a fake clock and a fast hasher. */
 export async function createTestApp(
   db: Database,
-  options: { env?: Record<string, string>; hasher?: PasswordHasher; clock?: FakeClock } = {},
+  options: {
+    env?: Record<string, string>;
+    hasher?: PasswordHasher;
+    clock?: FakeClock;
+    logger?: Logger;
+  } = {},
 ): Promise<TestApp> {
   const clock = options.clock ?? createFakeClock(Date.now());
   const ctx = await createAppContext(testConfig(options.env), {
     db,
     clock,
     hasher: options.hasher ?? fastHasher,
-    logger: pino({ level: "silent" }),
+    logger: options.logger ?? pino({ level: "silent" }),
     background: false,
   });
   const transport = (r: ReturnType<typeof connectRoutes>) =>

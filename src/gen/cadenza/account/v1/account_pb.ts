@@ -1,5 +1,6 @@
 // cadenza's account service, for users on the public port: their own
-// sessions. Every method needs the caller's session token in the
+// sessions and their second factor (TOTP, RFC 6238, with recovery codes).
+// Every method needs the caller's session token in the
 // Authorization header (the raw token, as Harmony clients send it, or
 // `Bearer <token>`), like Harmony's CheckLoggedIn.
 
@@ -18,7 +19,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cadenza/account/v1/account.proto.
  */
 export const file_cadenza_account_v1_account: GenFile = /*@__PURE__*/
-  fileDesc("CiBjYWRlbnphL2FjY291bnQvdjEvYWNjb3VudC5wcm90bxISY2FkZW56YS5hY2NvdW50LnYxIuwBCgdTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSLgoKY3JlYXRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5jbGllbnRfYWRkcmVzcxgFIAEoCRISCgp1c2VyX2FnZW50GAYgASgJEg8KB2N1cnJlbnQYByABKAgiFQoTTGlzdFNlc3Npb25zUmVxdWVzdCJFChRMaXN0U2Vzc2lvbnNSZXNwb25zZRItCghzZXNzaW9ucxgBIAMoCzIbLmNhZGVuemEuYWNjb3VudC52MS5TZXNzaW9uIioKFFJldm9rZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIhwKGlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0Ii4KG1Jldm9rZU90aGVyU2Vzc2lvbnNSZXNwb25zZRIPCgdyZXZva2VkGAEgASgNIg8KDUxvZ291dFJlcXVlc3QiEAoOTG9nb3V0UmVzcG9uc2UyvgMKDkFjY291bnRTZXJ2aWNlEmgKDExpc3RTZXNzaW9ucxInLmNhZGVuemEuYWNjb3VudC52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0GiguY2FkZW56YS5hY2NvdW50LnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlIgWaRAIIARJrCg1SZXZva2VTZXNzaW9uEiguY2FkZW56YS5hY2NvdW50LnYxLlJldm9rZVNlc3Npb25SZXF1ZXN0GikuY2FkZW56YS5hY2NvdW50LnYxLlJldm9rZVNlc3Npb25SZXNwb25zZSIFmkQCCAESfQoTUmV2b2tlT3RoZXJTZXNzaW9ucxIuLmNhZGVuemEuYWNjb3VudC52MS5SZXZva2VPdGhlclNlc3Npb25zUmVxdWVzdBovLmNhZGVuemEuYWNjb3VudC52MS5SZXZva2VPdGhlclNlc3Npb25zUmVzcG9uc2UiBZpEAggBElYKBkxvZ291dBIhLmNhZGVuemEuYWNjb3VudC52MS5Mb2dvdXRSZXF1ZXN0GiIuY2FkZW56YS5hY2NvdW50LnYxLkxvZ291dFJlc3BvbnNlIgWaRAIIAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_protocol_harmonytypes_v1_types]);
+  fileDesc("CiBjYWRlbnphL2FjY291bnQvdjEvYWNjb3VudC5wcm90bxISY2FkZW56YS5hY2NvdW50LnYxIuwBCgdTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSLgoKY3JlYXRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5jbGllbnRfYWRkcmVzcxgFIAEoCRISCgp1c2VyX2FnZW50GAYgASgJEg8KB2N1cnJlbnQYByABKAgiFQoTTGlzdFNlc3Npb25zUmVxdWVzdCJFChRMaXN0U2Vzc2lvbnNSZXNwb25zZRItCghzZXNzaW9ucxgBIAMoCzIbLmNhZGVuemEuYWNjb3VudC52MS5TZXNzaW9uIioKFFJldm9rZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIhwKGlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0Ii4KG1Jldm9rZU90aGVyU2Vzc2lvbnNSZXNwb25zZRIPCgdyZXZva2VkGAEgASgNIg8KDUxvZ291dFJlcXVlc3QiEAoOTG9nb3V0UmVzcG9uc2UiGAoWR2V0U2Vjb25kRmFjdG9yUmVxdWVzdCKiAQoXR2V0U2Vjb25kRmFjdG9yUmVzcG9uc2USFAoMdG90cF9lbmFibGVkGAEgASgIEjMKD3RvdHBfZW5hYmxlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGwoTcmVjb3ZlcnlfY29kZXNfbGVmdBgDIAEoDRIfChd0b3RwX2Vucm9sbG1lbnRfcGVuZGluZxgEIAEoCCIcChpCZWdpblRvdHBFbnJvbGxtZW50UmVxdWVzdCJXChtCZWdpblRvdHBFbnJvbGxtZW50UmVzcG9uc2USDgoGc2VjcmV0GAEgASgJEhMKC290cGF1dGhfdXJpGAIgASgJEhMKC3FyX2NvZGVfc3ZnGAMgASgJIiwKHENvbmZpcm1Ub3RwRW5yb2xsbWVudFJlcXVlc3QSDAoEY29kZRgBIAEoCSI3Ch1Db25maXJtVG90cEVucm9sbG1lbnRSZXNwb25zZRIWCg5yZWNvdmVyeV9jb2RlcxgBIAMoCSIuCh5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1JlcXVlc3QSDAoEY29kZRgBIAEoCSI5Ch9SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1Jlc3BvbnNlEhYKDnJlY292ZXJ5X2NvZGVzGAEgAygJIjQKEkRpc2FibGVUb3RwUmVxdWVzdBIMCgRjb2RlGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJIhUKE0Rpc2FibGVUb3RwUmVzcG9uc2UyqQgKDkFjY291bnRTZXJ2aWNlEmgKDExpc3RTZXNzaW9ucxInLmNhZGVuemEuYWNjb3VudC52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0GiguY2FkZW56YS5hY2NvdW50LnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlIgWaRAIIARJrCg1SZXZva2VTZXNzaW9uEiguY2FkZW56YS5hY2NvdW50LnYxLlJldm9rZVNlc3Npb25SZXF1ZXN0GikuY2FkZW56YS5hY2NvdW50LnYxLlJldm9rZVNlc3Npb25SZXNwb25zZSIFmkQCCAESfQoTUmV2b2tlT3RoZXJTZXNzaW9ucxIuLmNhZGVuemEuYWNjb3VudC52MS5SZXZva2VPdGhlclNlc3Npb25zUmVxdWVzdBovLmNhZGVuemEuYWNjb3VudC52MS5SZXZva2VPdGhlclNlc3Npb25zUmVzcG9uc2UiBZpEAggBElYKBkxvZ291dBIhLmNhZGVuemEuYWNjb3VudC52MS5Mb2dvdXRSZXF1ZXN0GiIuY2FkZW56YS5hY2NvdW50LnYxLkxvZ291dFJlc3BvbnNlIgWaRAIIARJxCg9HZXRTZWNvbmRGYWN0b3ISKi5jYWRlbnphLmFjY291bnQudjEuR2V0U2Vjb25kRmFjdG9yUmVxdWVzdBorLmNhZGVuemEuYWNjb3VudC52MS5HZXRTZWNvbmRGYWN0b3JSZXNwb25zZSIFmkQCCAESfQoTQmVnaW5Ub3RwRW5yb2xsbWVudBIuLmNhZGVuemEuYWNjb3VudC52MS5CZWdpblRvdHBFbnJvbGxtZW50UmVxdWVzdBovLmNhZGVuemEuYWNjb3VudC52MS5CZWdpblRvdHBFbnJvbGxtZW50UmVzcG9uc2UiBZpEAggBEoMBChVDb25maXJtVG90cEVucm9sbG1lbnQSMC5jYWRlbnphLmFjY291bnQudjEuQ29uZmlybVRvdHBFbnJvbGxtZW50UmVxdWVzdBoxLmNhZGVuemEuYWNjb3VudC52MS5Db25maXJtVG90cEVucm9sbG1lbnRSZXNwb25zZSIFmkQCCAESiQEKF1JlZ2VuZXJhdGVSZWNvdmVyeUNvZGVzEjIuY2FkZW56YS5hY2NvdW50LnYxLlJlZ2VuZXJhdGVSZWNvdmVyeUNvZGVzUmVxdWVzdBozLmNhZGVuemEuYWNjb3VudC52MS5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1Jlc3BvbnNlIgWaRAIIARJlCgtEaXNhYmxlVG90cBImLmNhZGVuemEuYWNjb3VudC52MS5EaXNhYmxlVG90cFJlcXVlc3QaJy5jYWRlbnphLmFjY291bnQudjEuRGlzYWJsZVRvdHBSZXNwb25zZSIFmkQCCAFiBnByb3RvMw", [file_google_protobuf_timestamp, file_protocol_harmonytypes_v1_types]);
 
 /**
  * One of the user's sessions (never its token).
@@ -222,7 +223,243 @@ export const LogoutResponseSchema: GenMessage<LogoutResponse> = /*@__PURE__*/
   messageDesc(file_cadenza_account_v1_account, 8);
 
 /**
- * A user's own sessions (what Harmony's protocol issue #89 asks for).
+ * Used in `GetSecondFactor`.
+ *
+ * @generated from message cadenza.account.v1.GetSecondFactorRequest
+ */
+export type GetSecondFactorRequest = Message<"cadenza.account.v1.GetSecondFactorRequest"> & {
+};
+
+/**
+ * Describes the message cadenza.account.v1.GetSecondFactorRequest.
+ * Use `create(GetSecondFactorRequestSchema)` to create a new message.
+ */
+export const GetSecondFactorRequestSchema: GenMessage<GetSecondFactorRequest> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 9);
+
+/**
+ * The answer of `GetSecondFactor`.
+ *
+ * @generated from message cadenza.account.v1.GetSecondFactorResponse
+ */
+export type GetSecondFactorResponse = Message<"cadenza.account.v1.GetSecondFactorResponse"> & {
+  /**
+   * Whether logins ask for a TOTP code after the password.
+   *
+   * @generated from field: bool totp_enabled = 1;
+   */
+  totpEnabled: boolean;
+
+  /**
+   * When TOTP was turned on; unset while it is off.
+   *
+   * @generated from field: google.protobuf.Timestamp totp_enabled_at = 2;
+   */
+  totpEnabledAt?: Timestamp | undefined;
+
+  /**
+   * Recovery codes not used yet.
+   *
+   * @generated from field: uint32 recovery_codes_left = 3;
+   */
+  recoveryCodesLeft: number;
+
+  /**
+   * Whether an enrolment was begun and awaits its confirming code.
+   *
+   * @generated from field: bool totp_enrollment_pending = 4;
+   */
+  totpEnrollmentPending: boolean;
+};
+
+/**
+ * Describes the message cadenza.account.v1.GetSecondFactorResponse.
+ * Use `create(GetSecondFactorResponseSchema)` to create a new message.
+ */
+export const GetSecondFactorResponseSchema: GenMessage<GetSecondFactorResponse> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 10);
+
+/**
+ * Used in `BeginTotpEnrollment`.
+ *
+ * @generated from message cadenza.account.v1.BeginTotpEnrollmentRequest
+ */
+export type BeginTotpEnrollmentRequest = Message<"cadenza.account.v1.BeginTotpEnrollmentRequest"> & {
+};
+
+/**
+ * Describes the message cadenza.account.v1.BeginTotpEnrollmentRequest.
+ * Use `create(BeginTotpEnrollmentRequestSchema)` to create a new message.
+ */
+export const BeginTotpEnrollmentRequestSchema: GenMessage<BeginTotpEnrollmentRequest> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 11);
+
+/**
+ * The answer of `BeginTotpEnrollment`: the same secret three ways.
+ *
+ * @generated from message cadenza.account.v1.BeginTotpEnrollmentResponse
+ */
+export type BeginTotpEnrollmentResponse = Message<"cadenza.account.v1.BeginTotpEnrollmentResponse"> & {
+  /**
+   * The secret in base32, for typing into an app by hand.
+   *
+   * @generated from field: string secret = 1;
+   */
+  secret: string;
+
+  /**
+   * The `otpauth://totp/...` key URI (SHA-1, 6 digits, 30 s), as apps scan it.
+   *
+   * @generated from field: string otpauth_uri = 2;
+   */
+  otpauthUri: string;
+
+  /**
+   * That URI as a QR code, an SVG document.
+   *
+   * @generated from field: string qr_code_svg = 3;
+   */
+  qrCodeSvg: string;
+};
+
+/**
+ * Describes the message cadenza.account.v1.BeginTotpEnrollmentResponse.
+ * Use `create(BeginTotpEnrollmentResponseSchema)` to create a new message.
+ */
+export const BeginTotpEnrollmentResponseSchema: GenMessage<BeginTotpEnrollmentResponse> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 12);
+
+/**
+ * Used in `ConfirmTotpEnrollment`.
+ *
+ * @generated from message cadenza.account.v1.ConfirmTotpEnrollmentRequest
+ */
+export type ConfirmTotpEnrollmentRequest = Message<"cadenza.account.v1.ConfirmTotpEnrollmentRequest"> & {
+  /**
+   * The 6-digit code the app shows now for the new secret.
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+};
+
+/**
+ * Describes the message cadenza.account.v1.ConfirmTotpEnrollmentRequest.
+ * Use `create(ConfirmTotpEnrollmentRequestSchema)` to create a new message.
+ */
+export const ConfirmTotpEnrollmentRequestSchema: GenMessage<ConfirmTotpEnrollmentRequest> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 13);
+
+/**
+ * The answer of `ConfirmTotpEnrollment`.
+ *
+ * @generated from message cadenza.account.v1.ConfirmTotpEnrollmentResponse
+ */
+export type ConfirmTotpEnrollmentResponse = Message<"cadenza.account.v1.ConfirmTotpEnrollmentResponse"> & {
+  /**
+   * Ten single-use recovery codes, each accepted instead of a TOTP code
+   * once. Shown only here; cadenza keeps only their HMAC.
+   *
+   * @generated from field: repeated string recovery_codes = 1;
+   */
+  recoveryCodes: string[];
+};
+
+/**
+ * Describes the message cadenza.account.v1.ConfirmTotpEnrollmentResponse.
+ * Use `create(ConfirmTotpEnrollmentResponseSchema)` to create a new message.
+ */
+export const ConfirmTotpEnrollmentResponseSchema: GenMessage<ConfirmTotpEnrollmentResponse> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 14);
+
+/**
+ * Used in `RegenerateRecoveryCodes`.
+ *
+ * @generated from message cadenza.account.v1.RegenerateRecoveryCodesRequest
+ */
+export type RegenerateRecoveryCodesRequest = Message<"cadenza.account.v1.RegenerateRecoveryCodesRequest"> & {
+  /**
+   * A current TOTP code (or an unused recovery code).
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+};
+
+/**
+ * Describes the message cadenza.account.v1.RegenerateRecoveryCodesRequest.
+ * Use `create(RegenerateRecoveryCodesRequestSchema)` to create a new message.
+ */
+export const RegenerateRecoveryCodesRequestSchema: GenMessage<RegenerateRecoveryCodesRequest> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 15);
+
+/**
+ * The answer of `RegenerateRecoveryCodes`.
+ *
+ * @generated from message cadenza.account.v1.RegenerateRecoveryCodesResponse
+ */
+export type RegenerateRecoveryCodesResponse = Message<"cadenza.account.v1.RegenerateRecoveryCodesResponse"> & {
+  /**
+   * Ten new recovery codes; every earlier one no longer works. Shown only here.
+   *
+   * @generated from field: repeated string recovery_codes = 1;
+   */
+  recoveryCodes: string[];
+};
+
+/**
+ * Describes the message cadenza.account.v1.RegenerateRecoveryCodesResponse.
+ * Use `create(RegenerateRecoveryCodesResponseSchema)` to create a new message.
+ */
+export const RegenerateRecoveryCodesResponseSchema: GenMessage<RegenerateRecoveryCodesResponse> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 16);
+
+/**
+ * Used in `DisableTotp`.
+ *
+ * @generated from message cadenza.account.v1.DisableTotpRequest
+ */
+export type DisableTotpRequest = Message<"cadenza.account.v1.DisableTotpRequest"> & {
+  /**
+   * A current TOTP code, or an unused recovery code.
+   *
+   * @generated from field: string code = 1;
+   */
+  code: string;
+
+  /**
+   * The account's password.
+   *
+   * @generated from field: string password = 2;
+   */
+  password: string;
+};
+
+/**
+ * Describes the message cadenza.account.v1.DisableTotpRequest.
+ * Use `create(DisableTotpRequestSchema)` to create a new message.
+ */
+export const DisableTotpRequestSchema: GenMessage<DisableTotpRequest> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 17);
+
+/**
+ * The answer of `DisableTotp`.
+ *
+ * @generated from message cadenza.account.v1.DisableTotpResponse
+ */
+export type DisableTotpResponse = Message<"cadenza.account.v1.DisableTotpResponse"> & {
+};
+
+/**
+ * Describes the message cadenza.account.v1.DisableTotpResponse.
+ * Use `create(DisableTotpResponseSchema)` to create a new message.
+ */
+export const DisableTotpResponseSchema: GenMessage<DisableTotpResponse> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 18);
+
+/**
+ * A user's own sessions (what Harmony's protocol issue #89 asks for) and
+ * second factor.
  *
  * @generated from service cadenza.account.v1.AccountService
  */
@@ -266,6 +503,61 @@ export const AccountService: GenService<{
     methodKind: "unary";
     input: typeof LogoutRequestSchema;
     output: typeof LogoutResponseSchema;
+  },
+  /**
+   * Whether the caller's second factor is on, and how many recovery codes are left.
+   *
+   * @generated from rpc cadenza.account.v1.AccountService.GetSecondFactor
+   */
+  getSecondFactor: {
+    methodKind: "unary";
+    input: typeof GetSecondFactorRequestSchema;
+    output: typeof GetSecondFactorResponseSchema;
+  },
+  /**
+   * Starts TOTP enrolment: a fresh secret for an authenticator app. Nothing
+   * changes for logins until ConfirmTotpEnrollment; beginning again replaces
+   * an unconfirmed secret. FailedPrecondition (h.totp-already-enabled) while
+   * TOTP is on.
+   *
+   * @generated from rpc cadenza.account.v1.AccountService.BeginTotpEnrollment
+   */
+  beginTotpEnrollment: {
+    methodKind: "unary";
+    input: typeof BeginTotpEnrollmentRequestSchema;
+    output: typeof BeginTotpEnrollmentResponseSchema;
+  },
+  /**
+   * Turns TOTP on with a code the app shows for the new secret, and answers
+   * the ten recovery codes, which are shown only here.
+   *
+   * @generated from rpc cadenza.account.v1.AccountService.ConfirmTotpEnrollment
+   */
+  confirmTotpEnrollment: {
+    methodKind: "unary";
+    input: typeof ConfirmTotpEnrollmentRequestSchema;
+    output: typeof ConfirmTotpEnrollmentResponseSchema;
+  },
+  /**
+   * Replaces every recovery code with ten new ones; needs a current code.
+   *
+   * @generated from rpc cadenza.account.v1.AccountService.RegenerateRecoveryCodes
+   */
+  regenerateRecoveryCodes: {
+    methodKind: "unary";
+    input: typeof RegenerateRecoveryCodesRequestSchema;
+    output: typeof RegenerateRecoveryCodesResponseSchema;
+  },
+  /**
+   * Turns TOTP off and deletes the recovery codes; needs the password and a
+   * current code or a recovery code.
+   *
+   * @generated from rpc cadenza.account.v1.AccountService.DisableTotp
+   */
+  disableTotp: {
+    methodKind: "unary";
+    input: typeof DisableTotpRequestSchema;
+    output: typeof DisableTotpResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_cadenza_account_v1_account, 0);

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cadenza/admin/v1/admin.proto.
  */
 export const file_cadenza_admin_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChxjYWRlbnphL2FkbWluL3YxL2FkbWluLnByb3RvEhBjYWRlbnphLmFkbWluLnYxIt0BCgRVc2VyEg8KB3VzZXJfaWQYASABKAQSEAoIdXNlcm5hbWUYAiABKAkSDQoFZW1haWwYAyABKAkSEgoKaG9tZXNlcnZlchgEIAEoCRIXCg9mb3JlaWduX3VzZXJfaWQYBSABKAQSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZGlzYWJsZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDXNlc3Npb25fY291bnQYCCABKA0iSAoQTGlzdFVzZXJzUmVxdWVzdBINCgVxdWVyeRgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCSJTChFMaXN0VXNlcnNSZXNwb25zZRIlCgV1c2VycxgBIAMoCzIWLmNhZGVuemEuYWRtaW4udjEuVXNlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPwoOR2V0VXNlclJlcXVlc3QSEQoHdXNlcl9pZBgBIAEoBEgAEhIKCHVzZXJuYW1lGAIgASgJSABCBgoEdXNlciI3Cg9HZXRVc2VyUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLmNhZGVuemEuYWRtaW4udjEuVXNlciIlChJEaXNhYmxlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoBCI7ChNEaXNhYmxlVXNlclJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYWRlbnphLmFkbWluLnYxLlVzZXIiJAoRRW5hYmxlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoBCI6ChJFbmFibGVVc2VyUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLmNhZGVuemEuYWRtaW4udjEuVXNlciIkChFEZWxldGVVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgEIhQKEkRlbGV0ZVVzZXJSZXNwb25zZSI2ChFSZW5hbWVVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgEEhAKCHVzZXJuYW1lGAIgASgJIjoKElJlbmFtZVVzZXJSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYuY2FkZW56YS5hZG1pbi52MS5Vc2VyItsBCgdTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSLgoKY3JlYXRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5jbGllbnRfYWRkcmVzcxgFIAEoCRISCgp1c2VyX2FnZW50GAYgASgJIiYKE0xpc3RTZXNzaW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoBCJDChRMaXN0U2Vzc2lvbnNSZXNwb25zZRIrCghzZXNzaW9ucxgBIAMoCzIZLmNhZGVuemEuYWRtaW4udjEuU2Vzc2lvbiI9ChVSZXZva2VTZXNzaW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoBBITCgtzZXNzaW9uX2lkcxgCIAMoCSItChZSZXZva2VTZXNzaW9uc1Jlc3BvbnNlEhMKC3Nlc3Npb25faWRzGAEgAygJItkBCgZJbnZpdGUSEQoJaW52aXRlX2lkGAEgASgJEgwKBG5vdGUYAiABKAkSEAoIbWF4X3VzZXMYAyABKA0SDAoEdXNlcxgEIAEoDRIuCgpjcmVhdGVkX2F0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpyZXZva2VkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJQChNDcmVhdGVJbnZpdGVSZXF1ZXN0EhAKCG1heF91c2VzGAEgASgNEhkKEXZhbGlkX2Zvcl9zZWNvbmRzGAIgASgEEgwKBG5vdGUYAyABKAkiTgoUQ3JlYXRlSW52aXRlUmVzcG9uc2USKAoGaW52aXRlGAEgASgLMhguY2FkZW56YS5hZG1pbi52MS5JbnZpdGUSDAoEY29kZRgCIAEoCSIuChJMaXN0SW52aXRlc1JlcXVlc3QSGAoQaW5jbHVkZV9pbmFjdGl2ZRgBIAEoCCJAChNMaXN0SW52aXRlc1Jlc3BvbnNlEikKB2ludml0ZXMYASADKAsyGC5jYWRlbnphLmFkbWluLnYxLkludml0ZSIoChNSZXZva2VJbnZpdGVSZXF1ZXN0EhEKCWludml0ZV9pZBgBIAEoCSJAChRSZXZva2VJbnZpdGVSZXNwb25zZRIoCgZpbnZpdGUYASABKAsyGC5jYWRlbnphLmFkbWluLnYxLkludml0ZSIVChNHZXRTZXJ2ZXJLZXlSZXF1ZXN0InIKCVNlcnZlcktleRIOCgZrZXlfaWQYASABKA0SEgoKcHVibGljX2tleRgCIAEoDBIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIRCgllbmNyeXB0ZWQYBCABKAgiQAoUR2V0U2VydmVyS2V5UmVzcG9uc2USKAoDa2V5GAEgASgLMhsuY2FkZW56YS5hZG1pbi52MS5TZXJ2ZXJLZXkiGAoWUm90YXRlU2VydmVyS2V5UmVxdWVzdCJDChdSb3RhdGVTZXJ2ZXJLZXlSZXNwb25zZRIoCgNrZXkYASABKAsyGy5jYWRlbnphLmFkbWluLnYxLlNlcnZlcktleTLACQoMQWRtaW5TZXJ2aWNlElQKCUxpc3RVc2VycxIiLmNhZGVuemEuYWRtaW4udjEuTGlzdFVzZXJzUmVxdWVzdBojLmNhZGVuemEuYWRtaW4udjEuTGlzdFVzZXJzUmVzcG9uc2USTgoHR2V0VXNlchIgLmNhZGVuemEuYWRtaW4udjEuR2V0VXNlclJlcXVlc3QaIS5jYWRlbnphLmFkbWluLnYxLkdldFVzZXJSZXNwb25zZRJaCgtEaXNhYmxlVXNlchIkLmNhZGVuemEuYWRtaW4udjEuRGlzYWJsZVVzZXJSZXF1ZXN0GiUuY2FkZW56YS5hZG1pbi52MS5EaXNhYmxlVXNlclJlc3BvbnNlElcKCkVuYWJsZVVzZXISIy5jYWRlbnphLmFkbWluLnYxLkVuYWJsZVVzZXJSZXF1ZXN0GiQuY2FkZW56YS5hZG1pbi52MS5FbmFibGVVc2VyUmVzcG9uc2USVwoKRGVsZXRlVXNlchIjLmNhZGVuemEuYWRtaW4udjEuRGVsZXRlVXNlclJlcXVlc3QaJC5jYWRlbnphLmFkbWluLnYxLkRlbGV0ZVVzZXJSZXNwb25zZRJXCgpSZW5hbWVVc2VyEiMuY2FkZW56YS5hZG1pbi52MS5SZW5hbWVVc2VyUmVxdWVzdBokLmNhZGVuemEuYWRtaW4udjEuUmVuYW1lVXNlclJlc3BvbnNlEl0KDExpc3RTZXNzaW9ucxIlLmNhZGVuemEuYWRtaW4udjEuTGlzdFNlc3Npb25zUmVxdWVzdBomLmNhZGVuemEuYWRtaW4udjEuTGlzdFNlc3Npb25zUmVzcG9uc2USYwoOUmV2b2tlU2Vzc2lvbnMSJy5jYWRlbnphLmFkbWluLnYxLlJldm9rZVNlc3Npb25zUmVxdWVzdBooLmNhZGVuemEuYWRtaW4udjEuUmV2b2tlU2Vzc2lvbnNSZXNwb25zZRJdCgxDcmVhdGVJbnZpdGUSJS5jYWRlbnphLmFkbWluLnYxLkNyZWF0ZUludml0ZVJlcXVlc3QaJi5jYWRlbnphLmFkbWluLnYxLkNyZWF0ZUludml0ZVJlc3BvbnNlEloKC0xpc3RJbnZpdGVzEiQuY2FkZW56YS5hZG1pbi52MS5MaXN0SW52aXRlc1JlcXVlc3QaJS5jYWRlbnphLmFkbWluLnYxLkxpc3RJbnZpdGVzUmVzcG9uc2USXQoMUmV2b2tlSW52aXRlEiUuY2FkZW56YS5hZG1pbi52MS5SZXZva2VJbnZpdGVSZXF1ZXN0GiYuY2FkZW56YS5hZG1pbi52MS5SZXZva2VJbnZpdGVSZXNwb25zZRJdCgxHZXRTZXJ2ZXJLZXkSJS5jYWRlbnphLmFkbWluLnYxLkdldFNlcnZlcktleVJlcXVlc3QaJi5jYWRlbnphLmFkbWluLnYxLkdldFNlcnZlcktleVJlc3BvbnNlEmYKD1JvdGF0ZVNlcnZlcktleRIoLmNhZGVuemEuYWRtaW4udjEuUm90YXRlU2VydmVyS2V5UmVxdWVzdBopLmNhZGVuemEuYWRtaW4udjEuUm90YXRlU2VydmVyS2V5UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
+  fileDesc("ChxjYWRlbnphL2FkbWluL3YxL2FkbWluLnByb3RvEhBjYWRlbnphLmFkbWluLnYxIvMBCgRVc2VyEg8KB3VzZXJfaWQYASABKAQSEAoIdXNlcm5hbWUYAiABKAkSDQoFZW1haWwYAyABKAkSEgoKaG9tZXNlcnZlchgEIAEoCRIXCg9mb3JlaWduX3VzZXJfaWQYBSABKAQSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZGlzYWJsZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDXNlc3Npb25fY291bnQYCCABKA0SFAoMdG90cF9lbmFibGVkGAkgASgIIkgKEExpc3RVc2Vyc1JlcXVlc3QSDQoFcXVlcnkYASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAkiUwoRTGlzdFVzZXJzUmVzcG9uc2USJQoFdXNlcnMYASADKAsyFi5jYWRlbnphLmFkbWluLnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIj8KDkdldFVzZXJSZXF1ZXN0EhEKB3VzZXJfaWQYASABKARIABISCgh1c2VybmFtZRgCIAEoCUgAQgYKBHVzZXIiNwoPR2V0VXNlclJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYWRlbnphLmFkbWluLnYxLlVzZXIiJQoSRGlzYWJsZVVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAQiOwoTRGlzYWJsZVVzZXJSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYuY2FkZW56YS5hZG1pbi52MS5Vc2VyIiQKEUVuYWJsZVVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAQiOgoSRW5hYmxlVXNlclJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYWRlbnphLmFkbWluLnYxLlVzZXIiJAoRRGVsZXRlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoBCIUChJEZWxldGVVc2VyUmVzcG9uc2UiJQoSRGlzYWJsZVRvdHBSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAQiOwoTRGlzYWJsZVRvdHBSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYuY2FkZW56YS5hZG1pbi52MS5Vc2VyIjYKEVJlbmFtZVVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAQSEAoIdXNlcm5hbWUYAiABKAkiOgoSUmVuYW1lVXNlclJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYWRlbnphLmFkbWluLnYxLlVzZXIi2wEKB1Nlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIuCgpjcmVhdGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxsYXN0X3VzZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmNsaWVudF9hZGRyZXNzGAUgASgJEhIKCnVzZXJfYWdlbnQYBiABKAkiJgoTTGlzdFNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgEIkMKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEisKCHNlc3Npb25zGAEgAygLMhkuY2FkZW56YS5hZG1pbi52MS5TZXNzaW9uIj0KFVJldm9rZVNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgEEhMKC3Nlc3Npb25faWRzGAIgAygJIi0KFlJldm9rZVNlc3Npb25zUmVzcG9uc2USEwoLc2Vzc2lvbl9pZHMYASADKAki2QEKBkludml0ZRIRCglpbnZpdGVfaWQYASABKAkSDAoEbm90ZRgCIAEoCRIQCghtYXhfdXNlcxgDIAEoDRIMCgR1c2VzGAQgASgNEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlAKE0NyZWF0ZUludml0ZVJlcXVlc3QSEAoIbWF4X3VzZXMYASABKA0SGQoRdmFsaWRfZm9yX3NlY29uZHMYAiABKAQSDAoEbm90ZRgDIAEoCSJOChRDcmVhdGVJbnZpdGVSZXNwb25zZRIoCgZpbnZpdGUYASABKAsyGC5jYWRlbnphLmFkbWluLnYxLkludml0ZRIMCgRjb2RlGAIgASgJIi4KEkxpc3RJbnZpdGVzUmVxdWVzdBIYChBpbmNsdWRlX2luYWN0aXZlGAEgASgIIkAKE0xpc3RJbnZpdGVzUmVzcG9uc2USKQoHaW52aXRlcxgBIAMoCzIYLmNhZGVuemEuYWRtaW4udjEuSW52aXRlIigKE1Jldm9rZUludml0ZVJlcXVlc3QSEQoJaW52aXRlX2lkGAEgASgJIkAKFFJldm9rZUludml0ZVJlc3BvbnNlEigKBmludml0ZRgBIAEoCzIYLmNhZGVuemEuYWRtaW4udjEuSW52aXRlIhUKE0dldFNlcnZlcktleVJlcXVlc3QicgoJU2VydmVyS2V5Eg4KBmtleV9pZBgBIAEoDRISCgpwdWJsaWNfa2V5GAIgASgMEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWVuY3J5cHRlZBgEIAEoCCJAChRHZXRTZXJ2ZXJLZXlSZXNwb25zZRIoCgNrZXkYASABKAsyGy5jYWRlbnphLmFkbWluLnYxLlNlcnZlcktleSIYChZSb3RhdGVTZXJ2ZXJLZXlSZXF1ZXN0IkMKF1JvdGF0ZVNlcnZlcktleVJlc3BvbnNlEigKA2tleRgBIAEoCzIbLmNhZGVuemEuYWRtaW4udjEuU2VydmVyS2V5MpwKCgxBZG1pblNlcnZpY2USVAoJTGlzdFVzZXJzEiIuY2FkZW56YS5hZG1pbi52MS5MaXN0VXNlcnNSZXF1ZXN0GiMuY2FkZW56YS5hZG1pbi52MS5MaXN0VXNlcnNSZXNwb25zZRJOCgdHZXRVc2VyEiAuY2FkZW56YS5hZG1pbi52MS5HZXRVc2VyUmVxdWVzdBohLmNhZGVuemEuYWRtaW4udjEuR2V0VXNlclJlc3BvbnNlEloKC0Rpc2FibGVVc2VyEiQuY2FkZW56YS5hZG1pbi52MS5EaXNhYmxlVXNlclJlcXVlc3QaJS5jYWRlbnphLmFkbWluLnYxLkRpc2FibGVVc2VyUmVzcG9uc2USVwoKRW5hYmxlVXNlchIjLmNhZGVuemEuYWRtaW4udjEuRW5hYmxlVXNlclJlcXVlc3QaJC5jYWRlbnphLmFkbWluLnYxLkVuYWJsZVVzZXJSZXNwb25zZRJXCgpEZWxldGVVc2VyEiMuY2FkZW56YS5hZG1pbi52MS5EZWxldGVVc2VyUmVxdWVzdBokLmNhZGVuemEuYWRtaW4udjEuRGVsZXRlVXNlclJlc3BvbnNlEloKC0Rpc2FibGVUb3RwEiQuY2FkZW56YS5hZG1pbi52MS5EaXNhYmxlVG90cFJlcXVlc3QaJS5jYWRlbnphLmFkbWluLnYxLkRpc2FibGVUb3RwUmVzcG9uc2USVwoKUmVuYW1lVXNlchIjLmNhZGVuemEuYWRtaW4udjEuUmVuYW1lVXNlclJlcXVlc3QaJC5jYWRlbnphLmFkbWluLnYxLlJlbmFtZVVzZXJSZXNwb25zZRJdCgxMaXN0U2Vzc2lvbnMSJS5jYWRlbnphLmFkbWluLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaJi5jYWRlbnphLmFkbWluLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlEmMKDlJldm9rZVNlc3Npb25zEicuY2FkZW56YS5hZG1pbi52MS5SZXZva2VTZXNzaW9uc1JlcXVlc3QaKC5jYWRlbnphLmFkbWluLnYxLlJldm9rZVNlc3Npb25zUmVzcG9uc2USXQoMQ3JlYXRlSW52aXRlEiUuY2FkZW56YS5hZG1pbi52MS5DcmVhdGVJbnZpdGVSZXF1ZXN0GiYuY2FkZW56YS5hZG1pbi52MS5DcmVhdGVJbnZpdGVSZXNwb25zZRJaCgtMaXN0SW52aXRlcxIkLmNhZGVuemEuYWRtaW4udjEuTGlzdEludml0ZXNSZXF1ZXN0GiUuY2FkZW56YS5hZG1pbi52MS5MaXN0SW52aXRlc1Jlc3BvbnNlEl0KDFJldm9rZUludml0ZRIlLmNhZGVuemEuYWRtaW4udjEuUmV2b2tlSW52aXRlUmVxdWVzdBomLmNhZGVuemEuYWRtaW4udjEuUmV2b2tlSW52aXRlUmVzcG9uc2USXQoMR2V0U2VydmVyS2V5EiUuY2FkZW56YS5hZG1pbi52MS5HZXRTZXJ2ZXJLZXlSZXF1ZXN0GiYuY2FkZW56YS5hZG1pbi52MS5HZXRTZXJ2ZXJLZXlSZXNwb25zZRJmCg9Sb3RhdGVTZXJ2ZXJLZXkSKC5jYWRlbnphLmFkbWluLnYxLlJvdGF0ZVNlcnZlcktleVJlcXVlc3QaKS5jYWRlbnphLmFkbWluLnYxLlJvdGF0ZVNlcnZlcktleVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * A user as an operator sees them.
@@ -80,6 +80,13 @@ export type User = Message<"cadenza.admin.v1.User"> & {
    * @generated from field: uint32 session_count = 8;
    */
   sessionCount: number;
+
+  /**
+   * Whether logins ask for a TOTP code after the password.
+   *
+   * @generated from field: bool totp_enabled = 9;
+   */
+  totpEnabled: boolean;
 };
 
 /**
@@ -331,6 +338,48 @@ export const DeleteUserResponseSchema: GenMessage<DeleteUserResponse> = /*@__PUR
   messageDesc(file_cadenza_admin_v1_admin, 10);
 
 /**
+ * Used in `DisableTotp`.
+ *
+ * @generated from message cadenza.admin.v1.DisableTotpRequest
+ */
+export type DisableTotpRequest = Message<"cadenza.admin.v1.DisableTotpRequest"> & {
+  /**
+   * The user whose second factor to turn off.
+   *
+   * @generated from field: uint64 user_id = 1;
+   */
+  userId: bigint;
+};
+
+/**
+ * Describes the message cadenza.admin.v1.DisableTotpRequest.
+ * Use `create(DisableTotpRequestSchema)` to create a new message.
+ */
+export const DisableTotpRequestSchema: GenMessage<DisableTotpRequest> = /*@__PURE__*/
+  messageDesc(file_cadenza_admin_v1_admin, 11);
+
+/**
+ * The answer of `DisableTotp`.
+ *
+ * @generated from message cadenza.admin.v1.DisableTotpResponse
+ */
+export type DisableTotpResponse = Message<"cadenza.admin.v1.DisableTotpResponse"> & {
+  /**
+   * The user, now without a second factor.
+   *
+   * @generated from field: cadenza.admin.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message cadenza.admin.v1.DisableTotpResponse.
+ * Use `create(DisableTotpResponseSchema)` to create a new message.
+ */
+export const DisableTotpResponseSchema: GenMessage<DisableTotpResponse> = /*@__PURE__*/
+  messageDesc(file_cadenza_admin_v1_admin, 12);
+
+/**
  * Used in `RenameUser`.
  *
  * @generated from message cadenza.admin.v1.RenameUserRequest
@@ -356,7 +405,7 @@ export type RenameUserRequest = Message<"cadenza.admin.v1.RenameUserRequest"> & 
  * Use `create(RenameUserRequestSchema)` to create a new message.
  */
 export const RenameUserRequestSchema: GenMessage<RenameUserRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 11);
+  messageDesc(file_cadenza_admin_v1_admin, 13);
 
 /**
  * The answer of `RenameUser`.
@@ -377,7 +426,7 @@ export type RenameUserResponse = Message<"cadenza.admin.v1.RenameUserResponse"> 
  * Use `create(RenameUserResponseSchema)` to create a new message.
  */
 export const RenameUserResponseSchema: GenMessage<RenameUserResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 12);
+  messageDesc(file_cadenza_admin_v1_admin, 14);
 
 /**
  * A session as an operator sees it (never its token).
@@ -433,7 +482,7 @@ export type Session = Message<"cadenza.admin.v1.Session"> & {
  * Use `create(SessionSchema)` to create a new message.
  */
 export const SessionSchema: GenMessage<Session> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 13);
+  messageDesc(file_cadenza_admin_v1_admin, 15);
 
 /**
  * Used in `ListSessions`.
@@ -454,7 +503,7 @@ export type ListSessionsRequest = Message<"cadenza.admin.v1.ListSessionsRequest"
  * Use `create(ListSessionsRequestSchema)` to create a new message.
  */
 export const ListSessionsRequestSchema: GenMessage<ListSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 14);
+  messageDesc(file_cadenza_admin_v1_admin, 16);
 
 /**
  * The answer of `ListSessions`.
@@ -475,7 +524,7 @@ export type ListSessionsResponse = Message<"cadenza.admin.v1.ListSessionsRespons
  * Use `create(ListSessionsResponseSchema)` to create a new message.
  */
 export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 15);
+  messageDesc(file_cadenza_admin_v1_admin, 17);
 
 /**
  * Used in `RevokeSessions`.
@@ -503,7 +552,7 @@ export type RevokeSessionsRequest = Message<"cadenza.admin.v1.RevokeSessionsRequ
  * Use `create(RevokeSessionsRequestSchema)` to create a new message.
  */
 export const RevokeSessionsRequestSchema: GenMessage<RevokeSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 16);
+  messageDesc(file_cadenza_admin_v1_admin, 18);
 
 /**
  * The answer of `RevokeSessions`.
@@ -524,7 +573,7 @@ export type RevokeSessionsResponse = Message<"cadenza.admin.v1.RevokeSessionsRes
  * Use `create(RevokeSessionsResponseSchema)` to create a new message.
  */
 export const RevokeSessionsResponseSchema: GenMessage<RevokeSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 17);
+  messageDesc(file_cadenza_admin_v1_admin, 19);
 
 /**
  * An invite (never its code).
@@ -587,7 +636,7 @@ export type Invite = Message<"cadenza.admin.v1.Invite"> & {
  * Use `create(InviteSchema)` to create a new message.
  */
 export const InviteSchema: GenMessage<Invite> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 18);
+  messageDesc(file_cadenza_admin_v1_admin, 20);
 
 /**
  * Used in `CreateInvite`.
@@ -622,7 +671,7 @@ export type CreateInviteRequest = Message<"cadenza.admin.v1.CreateInviteRequest"
  * Use `create(CreateInviteRequestSchema)` to create a new message.
  */
 export const CreateInviteRequestSchema: GenMessage<CreateInviteRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 19);
+  messageDesc(file_cadenza_admin_v1_admin, 21);
 
 /**
  * The answer of `CreateInvite`.
@@ -650,7 +699,7 @@ export type CreateInviteResponse = Message<"cadenza.admin.v1.CreateInviteRespons
  * Use `create(CreateInviteResponseSchema)` to create a new message.
  */
 export const CreateInviteResponseSchema: GenMessage<CreateInviteResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 20);
+  messageDesc(file_cadenza_admin_v1_admin, 22);
 
 /**
  * Used in `ListInvites`.
@@ -671,7 +720,7 @@ export type ListInvitesRequest = Message<"cadenza.admin.v1.ListInvitesRequest"> 
  * Use `create(ListInvitesRequestSchema)` to create a new message.
  */
 export const ListInvitesRequestSchema: GenMessage<ListInvitesRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 21);
+  messageDesc(file_cadenza_admin_v1_admin, 23);
 
 /**
  * The answer of `ListInvites`.
@@ -692,7 +741,7 @@ export type ListInvitesResponse = Message<"cadenza.admin.v1.ListInvitesResponse"
  * Use `create(ListInvitesResponseSchema)` to create a new message.
  */
 export const ListInvitesResponseSchema: GenMessage<ListInvitesResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 22);
+  messageDesc(file_cadenza_admin_v1_admin, 24);
 
 /**
  * Used in `RevokeInvite`.
@@ -713,7 +762,7 @@ export type RevokeInviteRequest = Message<"cadenza.admin.v1.RevokeInviteRequest"
  * Use `create(RevokeInviteRequestSchema)` to create a new message.
  */
 export const RevokeInviteRequestSchema: GenMessage<RevokeInviteRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 23);
+  messageDesc(file_cadenza_admin_v1_admin, 25);
 
 /**
  * The answer of `RevokeInvite`.
@@ -734,7 +783,7 @@ export type RevokeInviteResponse = Message<"cadenza.admin.v1.RevokeInviteRespons
  * Use `create(RevokeInviteResponseSchema)` to create a new message.
  */
 export const RevokeInviteResponseSchema: GenMessage<RevokeInviteResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 24);
+  messageDesc(file_cadenza_admin_v1_admin, 26);
 
 /**
  * Used in `GetServerKey`.
@@ -749,7 +798,7 @@ export type GetServerKeyRequest = Message<"cadenza.admin.v1.GetServerKeyRequest"
  * Use `create(GetServerKeyRequestSchema)` to create a new message.
  */
 export const GetServerKeyRequestSchema: GenMessage<GetServerKeyRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 25);
+  messageDesc(file_cadenza_admin_v1_admin, 27);
 
 /**
  * The server's key.
@@ -791,7 +840,7 @@ export type ServerKey = Message<"cadenza.admin.v1.ServerKey"> & {
  * Use `create(ServerKeySchema)` to create a new message.
  */
 export const ServerKeySchema: GenMessage<ServerKey> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 26);
+  messageDesc(file_cadenza_admin_v1_admin, 28);
 
 /**
  * The answer of `GetServerKey`.
@@ -812,7 +861,7 @@ export type GetServerKeyResponse = Message<"cadenza.admin.v1.GetServerKeyRespons
  * Use `create(GetServerKeyResponseSchema)` to create a new message.
  */
 export const GetServerKeyResponseSchema: GenMessage<GetServerKeyResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 27);
+  messageDesc(file_cadenza_admin_v1_admin, 29);
 
 /**
  * Used in `RotateServerKey`.
@@ -827,7 +876,7 @@ export type RotateServerKeyRequest = Message<"cadenza.admin.v1.RotateServerKeyRe
  * Use `create(RotateServerKeyRequestSchema)` to create a new message.
  */
 export const RotateServerKeyRequestSchema: GenMessage<RotateServerKeyRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 28);
+  messageDesc(file_cadenza_admin_v1_admin, 30);
 
 /**
  * The answer of `RotateServerKey`.
@@ -848,7 +897,7 @@ export type RotateServerKeyResponse = Message<"cadenza.admin.v1.RotateServerKeyR
  * Use `create(RotateServerKeyResponseSchema)` to create a new message.
  */
 export const RotateServerKeyResponseSchema: GenMessage<RotateServerKeyResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 29);
+  messageDesc(file_cadenza_admin_v1_admin, 31);
 
 /**
  * Users, their sessions, invites and the server key.
@@ -905,6 +954,18 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof DeleteUserRequestSchema;
     output: typeof DeleteUserResponseSchema;
+  },
+  /**
+   * Turns a user's TOTP second factor off and deletes their recovery codes
+   * (for a user who lost both); they log in with the password alone until
+   * they enrol again.
+   *
+   * @generated from rpc cadenza.admin.v1.AdminService.DisableTotp
+   */
+  disableTotp: {
+    methodKind: "unary";
+    input: typeof DisableTotpRequestSchema;
+    output: typeof DisableTotpResponseSchema;
   },
   /**
    * Gives a local user a new username (the same rules as at registration).
