@@ -27,6 +27,7 @@ import { createLifecycle, type Lifecycle } from "./lifecycle.js";
 import { gatedHasher } from "./limits/admission.js";
 import { createLimits, type Limits } from "./limits/limits.js";
 import { createMetrics, type Metrics } from "./metrics.js";
+import { loadWebUi, type WebUi } from "./server/web-ui.js";
 import { loadServerSecret } from "./server-secrets.js";
 
 /** Everything the server is made of, built once by {@link createAppContext}. */
@@ -50,6 +51,8 @@ export interface AppContext {
   readonly accountAdmin: AccountAdmin;
   readonly invites: Invites;
   readonly metrics: Metrics;
+  /** The built web client, read at start-up; undefined with WEB_UI=off. */
+  readonly webUi: WebUi | undefined;
   /** The schema version this build migrates to; /readyz compares against it. */
   readonly schemaVersion: number;
   /** Background jobs and closers; `lifecycle.runJobs()` runs every job now. */
@@ -72,6 +75,8 @@ export interface AppOverrides {
   readonly background?: boolean;
   /** Resolves homeservers' names for key fetches (default: the system resolver). */
   readonly resolveHost?: ResolveHost;
+  /** Where the built web client is read from (default: dist/web). */
+  readonly webUiDir?: string;
 }
 
 /** How often expired flows, sessions and used federation tokens are deleted. */
@@ -287,6 +292,14 @@ export async function createAppContext(
       pool: () => db.poolStats?.(),
     });
 
+    const webUi = config.webUi ? await loadWebUi(overrides.webUiDir) : undefined;
+    if (webUi && webUi.files.size === 0) {
+      logger.warn(
+        { dir: webUi.dir },
+        "WEB_UI=on but the web client is not built: / answers 503 (run npm run build, or set WEB_UI=off)",
+      );
+    }
+
     if (overrides.background !== false) lifecycle.start();
     return {
       config,
@@ -308,6 +321,7 @@ export async function createAppContext(
       accountAdmin,
       invites,
       metrics,
+      webUi,
       schemaVersion: migrations.at(-1)?.version ?? 0,
       lifecycle,
       close: () => lifecycle.close(),
