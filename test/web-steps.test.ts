@@ -7,7 +7,7 @@ import { clientConfig } from "../web/src/client-config.js";
 import { choiceRequest, fieldView, formRequest } from "../web/src/fields.js";
 import { beginFlow } from "../web/src/flow.js";
 import { fieldLabel, optionLabel, titleLabel } from "../web/src/labels.js";
-import { fieldOfProblem, problemOf, waitText } from "../web/src/problems.js";
+import { fieldOfProblem, problemOf, sentence, waitText } from "../web/src/problems.js";
 import { type StepView, stepView } from "../web/src/steps.js";
 import { createTestApp, type TestApp } from "./helpers/app.js";
 import { pglite, type TestDatabase } from "./helpers/databases.js";
@@ -238,6 +238,15 @@ describe("an error, as the page reads it", () => {
     [undefined, register, undefined],
   ])("puts %j next to field %#'s index %s", (identifier, fields, index) => {
     expect(fieldOfProblem(identifier, fields)).toBe(index);
+  });
+
+  it.each([
+    ["wrong email or password", "Wrong email or password."],
+    ["wait 3 s before trying again.", "Wait 3 s before trying again."],
+    ["Done!", "Done!"],
+    ["", ""],
+  ])("shows the message %j as the sentence %j", (message, shown) => {
+    expect(sentence(message)).toBe(shown);
   });
 
   it.each([

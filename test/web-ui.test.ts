@@ -71,7 +71,7 @@ interface Answer {
 function send(
   base: string,
   path: string,
-  options: { method?: string; headers?: Record<string, string>; body?: string } = {},
+  options: { method?: string; headers?: Record<string, string>; body?: string | undefined } = {},
 ): Promise<Answer> {
   const url = new URL(base);
   return new Promise((resolve, reject) => {

@@ -1,7 +1,7 @@
 import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
 import type { Session } from "../../src/gen/cadenza/account/v1/account_pb.js";
 import { h, uid } from "./dom.js";
-import { isBlankSession, problemOf } from "./problems.js";
+import { isBlankSession, problemOf, sentence } from "./problems.js";
 
 /** The account page's calls, on the session the page holds. */
 export interface AccountActions {
@@ -93,7 +93,7 @@ export function renderAccount(
       }
       problem.textContent = p.unreachable
         ? "The server could not be reached: try again."
-        : p.message;
+        : sentence(p.message);
     } finally {
       for (const b of buttons()) b.disabled = false;
     }

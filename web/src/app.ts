@@ -4,7 +4,7 @@ import type { ClientConfig } from "./client-config.js";
 import { type Clients, withSession } from "./clients.js";
 import { h } from "./dom.js";
 import { beginFlow, type Flow, type FlowHandlers } from "./flow.js";
-import { type Problem, problemOf, waitText } from "./problems.js";
+import { type Problem, problemOf, sentence, waitText } from "./problems.js";
 import type { SessionStore } from "./session-store.js";
 import { focusStep, renderStep } from "./step-view.js";
 
@@ -55,7 +55,7 @@ export function startApp({ root, status, config, clients, sessions }: AppDeps): 
         : ` Try again in ${waitText(problem.retryAfterSeconds)}.`;
     const text = problem.unreachable
       ? `${config.server} could not be reached, or it does not accept calls from this page's origin (${location.origin}): check the address, and that its CORS_ORIGINS lists this origin.`
-      : `${problem.message}${wait}`;
+      : `${sentence(problem.message)}${wait}`;
     const again = h("button", { type: "button" }, "Start over");
     again.addEventListener("click", () => signIn());
     return h(

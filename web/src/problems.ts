@@ -90,6 +90,14 @@ export function fieldOfProblem(
   }
 }
 
+/** A server's message as a sentence: "wrong email or password" → "Wrong email or password." */
+export function sentence(text: string): string {
+  const t = text.trim();
+  if (t === "") return t;
+  const capital = (t[0] ?? "").toUpperCase() + t.slice(1);
+  return /[.!?…]$/.test(capital) ? capital : `${capital}.`;
+}
+
 /** "42 seconds", "3 minutes", "1 hour 5 minutes": how long a wait is, in words. */
 export function waitText(seconds: number): string {
   const s = Math.max(0, Math.ceil(seconds));

@@ -1,7 +1,7 @@
 import { h, uid } from "./dom.js";
 import type { FieldView } from "./fields.js";
 import { fieldLabel } from "./labels.js";
-import { fieldOfProblem, type Problem, problemOf, waitText } from "./problems.js";
+import { fieldOfProblem, type Problem, problemOf, sentence, waitText } from "./problems.js";
 import type { StepView } from "./steps.js";
 
 /** What the buttons of a step do; each rejects with the call's error, which the step shows. */
@@ -73,7 +73,7 @@ function showProblem(slots: ProblemSlots, problem: Problem, announce: (text: str
       : ` You can try again in ${waitText(problem.retryAfterSeconds)}.`;
   const text = problem.unreachable
     ? "The server could not be reached, or refused this page. Check your connection and try again."
-    : `${problem.message}${wait}`;
+    : `${sentence(problem.message)}${wait}`;
   const index = fieldOfProblem(problem.identifier, slots.fieldViews);
   const field = index === undefined ? undefined : slots.fields[index];
   if (field) {
