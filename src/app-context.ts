@@ -293,8 +293,10 @@ export async function createAppContext(
     });
 
     const webUi = config.webUi ? await loadWebUi(overrides.webUiDir) : undefined;
+    // Info, not warn: the default setting on an unbuilt checkout (npm run dev) is no fault,
+    // and / itself answers what to do.
     if (webUi && webUi.files.size === 0) {
-      logger.warn(
+      logger.info(
         { dir: webUi.dir },
         "WEB_UI=on but the web client is not built: / answers 503 (run npm run build, or set WEB_UI=off)",
       );

@@ -88,13 +88,16 @@ function showProblem(slots: ProblemSlots, problem: Problem, announce: (text: str
   }
 }
 
-/** Runs one call of a step: controls disabled meanwhile, its error shown where it belongs. */
+/**
+ * Runs one call of a step, its controls disabled meanwhile, its error shown
+ * where it belongs. An accepted answer leaves them disabled: the next step,
+ * which the stream brings, replaces this one (no double submission).
+ */
 async function attempt(slots: ProblemSlots, actions: StepActions, call: () => Promise<void>) {
   clearProblems(slots);
   setBusy(slots, true);
   try {
     await call();
-    setBusy(slots, false);
   } catch (err) {
     setBusy(slots, false);
     showProblem(slots, problemOf(err), actions.announce);
