@@ -8,13 +8,15 @@
 # tag is not pinned by digest (no image registry could be asked for one here).
 ARG NODE_VERSION=22.23.5
 
-# Build stage: install everything, compile TypeScript, then drop dev dependencies.
+# Build stage: install everything, compile TypeScript and bundle the web client (web/, into
+# dist/web, which the runtime serves at / with WEB_UI=on), then drop dev dependencies.
 FROM node:${NODE_VERSION}-bookworm-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
+COPY web ./web
 RUN npm run build && npm prune --omit=dev
 
 # Runtime stage: only node, tini, the compiled service and its production dependencies.

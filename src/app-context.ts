@@ -28,6 +28,7 @@ import { createLifecycle, type Lifecycle } from "./lifecycle.js";
 import { gatedHasher } from "./limits/admission.js";
 import { createLimits, type Limits } from "./limits/limits.js";
 import { createMetrics, type Metrics } from "./metrics.js";
+import { loadWebUi, type WebUi } from "./server/web-ui.js";
 import { loadServerSecret } from "./server-secrets.js";
 
 /** Everything the server is made of, built once by {@link createAppContext}. */
@@ -52,6 +53,8 @@ export interface AppContext {
   readonly invites: Invites;
   readonly secondFactor: SecondFactor;
   readonly metrics: Metrics;
+  /** The built web client, read at start-up; undefined with WEB_UI=off. */
+  readonly webUi: WebUi | undefined;
   /** The schema version this build migrates to; /readyz compares against it. */
   readonly schemaVersion: number;
   /** Background jobs and closers; `lifecycle.runJobs()` runs every job now. */
@@ -74,6 +77,8 @@ export interface AppOverrides {
   readonly background?: boolean;
   /** Resolves homeservers' names for key fetches (default: the system resolver). */
   readonly resolveHost?: ResolveHost;
+  /** Where the built web client is read from (default: dist/web). */
+  readonly webUiDir?: string;
 }
 
 /** How often expired flows, sessions and used federation tokens are deleted. */
@@ -307,6 +312,16 @@ export async function createAppContext(
       pool: () => db.poolStats?.(),
     });
 
+    const webUi = config.webUi ? await loadWebUi(overrides.webUiDir) : undefined;
+    // Info, not warn: the default setting on an unbuilt checkout (npm run dev) is no fault,
+    // and / itself answers what to do.
+    if (webUi && webUi.files.size === 0) {
+      logger.info(
+        { dir: webUi.dir },
+        "WEB_UI=on but the web client is not built: / answers 503 (run npm run build, or set WEB_UI=off)",
+      );
+    }
+
     if (overrides.background !== false) lifecycle.start();
     return {
       config,
@@ -329,6 +344,7 @@ export async function createAppContext(
       invites,
       secondFactor,
       metrics,
+      webUi,
       schemaVersion: migrations.at(-1)?.version ?? 0,
       lifecycle,
       close: () => lifecycle.close(),

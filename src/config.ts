@@ -59,6 +59,8 @@ export interface Config {
   readonly tls: { readonly certFile: string; readonly keyFile: string } | undefined;
   /** Exact origins allowed by CORS; `["*"]` allows any origin. */
   readonly corsOrigins: readonly string[];
+  /** Whether the public port serves the reference web client at `/` (src/server/web-ui.ts). */
+  readonly webUi: boolean;
   readonly flowTtlMs: number;
   readonly sessionIdleTtlMs: number;
   readonly sessionMaxTtlMs: number;
@@ -257,6 +259,7 @@ function shape(v: SettingValues, lookalikes: readonly Lookalike[]): Config {
         ? Object.freeze({ certFile: v.TLS_CERT, keyFile: v.TLS_KEY })
         : undefined,
     corsOrigins: v.CORS_ORIGINS,
+    webUi: v.WEB_UI === "on",
     flowTtlMs: v.FLOW_TTL,
     sessionIdleTtlMs: v.SESSION_IDLE_TTL,
     sessionMaxTtlMs: v.SESSION_MAX_TTL,

@@ -131,6 +131,11 @@ export const settings = {
     parse: list(origin),
     doc: "comma-separated exact origins allowed to call from browsers (`*` for any); empty allows none",
   }),
+  WEB_UI: setting({
+    default: "on",
+    parse: oneOf(["on", "off"]),
+    doc: "`on` serves the reference web client (built into `dist/web` by `npm run build`) at `/` on the public port, with a strict Content-Security-Policy; `off` serves nothing there",
+  }),
   FLOW_TTL: setting({
     default: "15m",
     parse: duration(10_000),

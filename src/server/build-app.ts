@@ -38,6 +38,7 @@ import { answerUnknownMethod, rpcRoutes } from "./rpc/fastify.js";
 import { authInterceptor, errorInterceptor } from "./rpc/interceptors.js";
 import { createCallObserver } from "./rpc/observe.js";
 import { createRpcRouter, type RpcService } from "./rpc/router.js";
+import { webUiRoutes } from "./web-ui.js";
 
 export interface BuiltApp {
   readonly app: Pick<FastifyInstance, "close">;
@@ -104,7 +105,7 @@ export const internalConnectRoutes = (ctx: AppContext) => routesOf(internalSurfa
 
 /**
  * One listener's Fastify application. The public one: CORS, health checks,
- * and the RPC router serving Connect (JSON and binary), gRPC and gRPC-Web on
+ * the web client (WEB_UI), and the RPC router serving Connect (JSON and binary), gRPC and gRPC-Web on
  * the same paths, with hRPC in front of it for Harmony's own clients. The
  * internal one: health checks, `/metrics`, and the homeserver's and admin
  * services, behind INTERNAL_TOKEN. Neither serves the other's services.
@@ -200,6 +201,8 @@ export async function buildApp(
   }
 
   await app.register(healthRoutes(ctx, draining));
+  // The reference web client at `/` (WEB_UI): exact file routes, which no RPC path can be.
+  if (which === "public" && ctx.webUi) await app.register(webUiRoutes(ctx.webUi));
   if (which === "internal") await app.register(metricsRoute(ctx));
 
   if (hrpc) {
