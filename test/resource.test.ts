@@ -951,6 +951,7 @@ describe("the issue's measurement: a server with 1,024 open files and 1,100 sile
           ...process.env,
           HOST: "127.0.0.1",
           PORT: "0",
+          INTERNAL_PORT: "0",
           DATA_DIR: "memory://",
           LOG_LEVEL: "info",
           REQUEST_DEADLINE: `${DEADLINE}ms`,
