@@ -575,6 +575,35 @@ describe.each(backends)("passkeys on $name", (backend) => {
       );
     });
 
+    it("signs in again and again with an authenticator that keeps no counter (0, as synced passkeys do)", async () => {
+      const user = await withPasskey();
+      for (let i = 0; i < 2; i++) {
+        const { authId, options } = await atPasskeyStep();
+        const res = await answer(authId, user.soft.assert(options, { origin: ORIGIN, counter: 0 }));
+        expect(titleOf(res)).toBe("session");
+      }
+    });
+
+    it("stores a credential once, whoever registers it; its counter moves forward only", async () => {
+      const user = await withPasskey();
+      const store = app.ctx.stores.passkeys;
+      const [stored] = await store.list(app.ctx.db, user.userId);
+      if (!stored) throw new Error("the passkey was not stored");
+      expect(await store.insert(app.ctx.db, { ...stored, name: "again" })).toBe(false);
+      expect(
+        await store.recordUse(app.ctx.db, stored.credentialId, 5, false, app.clock.now()),
+      ).toBe(true);
+      expect(
+        await store.recordUse(app.ctx.db, stored.credentialId, 5, false, app.clock.now()),
+      ).toBe(false);
+      expect(
+        await store.recordUse(app.ctx.db, stored.credentialId, 0, false, app.clock.now()),
+      ).toBe(false);
+      expect(await store.recordUse(app.ctx.db, stored.credentialId, 6, true, app.clock.now())).toBe(
+        true,
+      );
+    });
+
     it("answers options only on the passkey step of a live flow", async () => {
       const { authId } = await app.client.beginAuth({}, announced);
       await expectRpcError(
