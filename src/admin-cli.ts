@@ -22,6 +22,8 @@ import {
   AdminService,
   type Invite,
   InviteSchema,
+  type Passkey,
+  PasskeySchema,
   type ServerKey,
   ServerKeySchema,
   type Session,
@@ -51,6 +53,9 @@ users:
 second factor:
   totp disable USER                    turn USER's TOTP off and delete their recovery codes
                                        (for a user who lost both); they enrol again themselves
+passkeys:
+  passkeys list USER
+  passkeys remove USER [PASSKEY_ID …]  without IDs, every passkey of USER (a lost device)
 sessions:
   sessions list USER
   sessions revoke USER [SESSION_ID …]  without IDs, every session of USER
@@ -146,11 +151,15 @@ const userDetail = (u: User): string =>
     `  created     ${when(u.createdAt)}`,
     `  disabled    ${u.disabledAt ? when(u.disabledAt) : "no"}`,
     `  totp        ${u.totpEnabled ? "on" : "off"}`,
+    `  passkeys    ${u.passkeyCount}`,
     `  sessions    ${u.sessionCount}`,
   ].join("\n");
 
 const sessionLine = (s: Session): string =>
   `${s.sessionId}  created ${when(s.createdAt)}  used ${when(s.lastUsedAt)}  from ${s.clientAddress || "-"}  ${s.userAgent}`;
+
+const passkeyLine = (p: Passkey): string =>
+  `${p.passkeyId}  ${p.name}  added ${when(p.createdAt)}  used ${when(p.lastUsedAt)}${p.backedUp ? "  synced" : ""}`;
 
 const inviteLine = (i: Invite): string =>
   `${i.inviteId}  uses ${i.uses}/${i.maxUses}  expires ${when(i.expiresAt)}${i.revokedAt ? "  revoked" : ""}  ${i.note}`;
@@ -229,6 +238,22 @@ async function runAdmin(
         text: user ? `TOTP is off for user ${user.userId} (${user.username})` : "",
         json: user ? toJson(UserSchema, user) : null,
       };
+    }
+    case "passkeys list": {
+      need(1, "a user ID or username");
+      const { passkeys } = await admin.listPasskeys({ userId: await userId(rest[0] ?? "") });
+      return {
+        text: passkeys.map(passkeyLine).join("\n") || "(no passkeys)",
+        json: passkeys.map((p) => toJson(PasskeySchema, p)),
+      };
+    }
+    case "passkeys remove": {
+      need(1, "a user ID or username");
+      const { passkeyIds } = await admin.deletePasskeys({
+        userId: await userId(rest[0] ?? ""),
+        passkeyIds: rest.slice(1),
+      });
+      return { text: `removed ${passkeyIds.length} passkey(s)`, json: { passkeyIds } };
     }
     case "sessions list": {
       need(1, "a user ID or username");

@@ -7,6 +7,7 @@ import { createEmailCodes } from "./auth/email-codes.js";
 import type { FlowPolicy } from "./auth/flow-machine.js";
 import { createFlows, type Flows } from "./auth/flows.js";
 import { createInvites, type Invites } from "./auth/invites.js";
+import { createPasskeys, type Passkeys } from "./auth/passkeys.js";
 import { createArgon2Hasher, type PasswordHasher } from "./auth/password-hasher.js";
 import { createSecondFactor, type SecondFactor } from "./auth/second-factor.js";
 import { createSessions, type Sessions } from "./auth/sessions.js";
@@ -52,6 +53,7 @@ export interface AppContext {
   readonly accountAdmin: AccountAdmin;
   readonly invites: Invites;
   readonly secondFactor: SecondFactor;
+  readonly passkeys: Passkeys;
   readonly metrics: Metrics;
   /** The built web client, read at start-up; undefined with WEB_UI=off. */
   readonly webUi: WebUi | undefined;
@@ -200,6 +202,7 @@ export async function createAppContext(
       invites: config.registration === "invite",
       verifyEmail: config.email.verification,
       email: mailer !== undefined,
+      passkeys: config.passkeys !== undefined,
     };
     const invites = createInvites({ db, clock, store: stores.invites, audit });
     const codes = createEmailCodes({
@@ -215,22 +218,37 @@ export async function createAppContext(
       ttlMs: config.email.codeTtlMs,
     });
     lifecycle.job({ name: "codes.sweep", everyMs: SWEEP_INTERVAL_MS, run: codes.sweep });
+    const secondFactorSecret = await loadServerSecret({
+      db,
+      clock,
+      name: "second-factor",
+      keyEncryptionKey: config.federation.keyEncryptionKey,
+    });
     const secondFactor = createSecondFactor({
       db,
       clock,
       store: stores.secondFactor,
-      secret: await loadServerSecret({
-        db,
-        clock,
-        name: "second-factor",
-        keyEncryptionKey: config.federation.keyEncryptionKey,
-      }),
+      secret: secondFactorSecret,
       issuer: config.totpIssuer,
       accounts,
       events,
       limits,
       audit,
     });
+    const passkeys = createPasskeys({
+      db,
+      clock,
+      store: stores.passkeys,
+      config: config.passkeys,
+      // Passkey user handles are derived from it under their own label (HKDF).
+      secret: secondFactorSecret,
+      accounts,
+      events,
+      limits,
+      audit,
+      logger,
+    });
+    lifecycle.job({ name: "passkeys.sweep", everyMs: SWEEP_INTERVAL_MS, run: passkeys.sweep });
     const submissions = createSubmissions({
       db,
       policy,
@@ -244,6 +262,7 @@ export async function createAppContext(
       mailer,
       accountStore: stores.accountAdmin,
       secondFactor,
+      passkeys,
       logger,
     });
     const hub = await createStepHub({ db, flowStore: stores.flows });
@@ -343,6 +362,7 @@ export async function createAppContext(
       accountAdmin,
       invites,
       secondFactor,
+      passkeys,
       metrics,
       webUi,
       schemaVersion: migrations.at(-1)?.version ?? 0,

@@ -37,7 +37,12 @@ export type AuditEvent =
   | "totp.enabled"
   | "totp.disabled"
   | "totp.refused"
-  | "totp.recovery_codes.regenerated";
+  | "totp.recovery_codes.regenerated"
+  | "passkey.registration.begun"
+  | "passkey.added"
+  | "passkey.removed"
+  | "passkey.refused"
+  | "admin.passkeys.removed";
 
 export interface AuditFields {
   readonly caller?: Caller;
@@ -49,6 +54,8 @@ export interface AuditFields {
   readonly homeserver?: string;
   readonly keyId?: number;
   readonly limit?: string;
+  /** How a login authenticated, when not by password: `passkey`. */
+  readonly method?: string;
 }
 
 export interface Audit {
@@ -100,6 +107,7 @@ export function createAudit(logger: Logger, metrics?: Metrics): Audit {
           ...(fields.homeserver ? { homeserver: fields.homeserver } : {}),
           ...(fields.keyId === undefined ? {} : { keyId: fields.keyId }),
           ...(fields.limit ? { limit: fields.limit } : {}),
+          ...(fields.method ? { method: fields.method } : {}),
         },
         `audit: ${event}`,
       );

@@ -4,6 +4,7 @@
  * only module that reads `process.env`.
  */
 
+import { isIP } from "node:net";
 import { isLoopbackHost } from "./net-address.js";
 import { type Lookalike, settingLookalikes } from "./setting-lookalikes.js";
 import { type Rate, SettingProblem } from "./setting-parsers.js";
@@ -68,6 +69,8 @@ export interface Config {
   readonly email: EmailConfig;
   /** The issuer of TOTP key URIs, as authenticator apps show it. */
   readonly totpIssuer: string;
+  /** Passkeys (WebAuthn); undefined when PASSKEYS=off or no RP ID can be had (an IP SERVER_ID). */
+  readonly passkeys: PasskeyConfig | undefined;
   readonly argon2: Argon2Params;
   /** Largest request message accepted, in bytes. */
   readonly readMaxBytes: number;
@@ -100,6 +103,14 @@ export interface EmailConfig {
   /** A registration is finished only once its email's code is entered. */
   readonly verification: boolean;
   readonly codeTtlMs: number;
+}
+
+/** Where passkeys are valid: what the browser checks, and cadenza checks again. */
+export interface PasskeyConfig {
+  /** The WebAuthn relying party ID (a domain): credentials are bound to it. */
+  readonly rpId: string;
+  /** The exact origins whose pages may use passkeys (clientDataJSON's `origin`). */
+  readonly origins: readonly string[];
 }
 
 /** Abuse limits; an undefined one is off. */
@@ -175,6 +186,54 @@ export class ConfigError extends Error {
 
 type Env = Readonly<Record<string, string | undefined>>;
 
+/** SERVER_ID's host (brackets off an IPv6 address) and port. */
+function serverIdParts(v: SettingValues): { host: string; port: number } {
+  const id = v.SERVER_ID ?? `localhost:${v.PORT}`;
+  const colon = id.lastIndexOf(":");
+  return {
+    host: id.slice(0, colon).replace(/^\[|\]$/g, ""),
+    port: Number(id.slice(colon + 1)),
+  };
+}
+
+const isLocalhost = (host: string) => host === "localhost" || host.endsWith(".localhost");
+
+/**
+ * Passkeys' RP ID and origins, from WEBAUTHN_RP_ID and WEBAUTHN_ORIGINS or
+ * else SERVER_ID: `chat.example.org:443` gives `chat.example.org` and
+ * `https://chat.example.org`, `localhost:2289` gives `localhost` and
+ * `http://localhost:2289` (browsers treat http://localhost as secure).
+ */
+function passkeyConfig(v: SettingValues): PasskeyConfig | undefined {
+  if (v.PASSKEYS === "off") return undefined;
+  const { host, port } = serverIdParts(v);
+  const rpId = v.WEBAUTHN_RP_ID ?? host.toLowerCase();
+  if (isIP(rpId) !== 0) return undefined;
+  const derived = isLocalhost(host)
+    ? `http://${host}:${port}`
+    : port === 443
+      ? `https://${host}`
+      : `https://${host}:${port}`;
+  const origins = v.WEBAUTHN_ORIGINS.length > 0 ? v.WEBAUTHN_ORIGINS : [derived];
+  return Object.freeze({ rpId, origins: Object.freeze([...origins]) });
+}
+
+/** What is wrong with the passkey origins, for the start-up report. */
+function passkeyOriginProblem(v: SettingValues): string | undefined {
+  const passkeys = passkeyConfig(v);
+  if (!passkeys || v.WEBAUTHN_ORIGINS.length === 0) return undefined;
+  for (const origin of passkeys.origins) {
+    const { protocol, hostname } = new URL(origin);
+    if (hostname !== passkeys.rpId && !hostname.endsWith(`.${passkeys.rpId}`)) {
+      return `WEBAUTHN_ORIGINS=${origin}: its host is neither the RP ID ${passkeys.rpId} nor a subdomain of it, so browsers would refuse every passkey there; fix WEBAUTHN_ORIGINS or WEBAUTHN_RP_ID`;
+    }
+    if (protocol === "http:" && !isLocalhost(hostname)) {
+      return `WEBAUTHN_ORIGINS=${origin}: browsers offer passkeys on http:// only for localhost; use https://`;
+    }
+  }
+  return undefined;
+}
+
 /**
  * Rules that involve more than one setting: each returns a problem naming the
  * variables to change, or undefined.
@@ -200,6 +259,7 @@ const crossChecks: readonly ((v: SettingValues) => string | undefined)[] = [
     v.SESSION_IDLE_TTL > v.SESSION_MAX_TTL
       ? "SESSION_IDLE_TTL: must not be longer than SESSION_MAX_TTL"
       : undefined,
+  passkeyOriginProblem,
   (v) =>
     v.ARGON2_MEMORY_KIB < 8 * v.ARGON2_PARALLELISM
       ? `ARGON2_MEMORY_KIB=${v.ARGON2_MEMORY_KIB}: must be at least 8 × ARGON2_PARALLELISM (${8 * v.ARGON2_PARALLELISM})`
@@ -274,6 +334,7 @@ function shape(v: SettingValues, lookalikes: readonly Lookalike[]): Config {
     }),
     totpIssuer:
       v.TOTP_ISSUER ?? (v.SERVER_ID ?? "localhost").replace(/:\d+$/, "").replace(/^\[|\]$/g, ""),
+    passkeys: passkeyConfig(v),
     argon2: Object.freeze({
       memoryKib: v.ARGON2_MEMORY_KIB,
       iterations: v.ARGON2_ITERATIONS,

@@ -124,6 +124,46 @@ export const origin: Parser<string> = (value) => {
   return value;
 };
 
+/** A DNS name as WebAuthn takes an RP ID: lower-case labels, no port, no IP address. */
+export const domainName: Parser<string> = (value) => {
+  const name = value.toLowerCase();
+  const label = "[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?";
+  if (
+    name.length > 253 ||
+    !new RegExp(`^${label}(?:\\.${label})*$`).test(name) ||
+    /^[\d.]+$/.test(name)
+  ) {
+    throw new SettingProblem(
+      `${value} is not a domain name; expected one such as chat.example.org (no scheme, port or IP address: browsers refuse passkeys for IP addresses)`,
+    );
+  }
+  return name;
+};
+
+/** A browser origin for WebAuthn (`https://host[:port]`, or `http://localhost[:port]`). */
+export const webOrigin: Parser<string> = (value) => {
+  let url: URL | undefined;
+  try {
+    url = new URL(value);
+  } catch {
+    url = undefined;
+  }
+  if (
+    url === undefined ||
+    !/^https?:$/.test(url.protocol) ||
+    url.pathname !== "/" ||
+    url.search !== "" ||
+    url.hash !== "" ||
+    url.username !== "" ||
+    value.endsWith("/")
+  ) {
+    throw new SettingProblem(
+      `${value} is not an origin; expected https://host[:port] (or http://localhost[:port]), with no path`,
+    );
+  }
+  return url.origin;
+};
+
 /** A postgres:// connection string, or undefined when empty. */
 export const postgresUrl: Parser<string | undefined> = (value) => {
   if (value === "") return undefined;

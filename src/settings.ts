@@ -2,6 +2,7 @@ import { redactDatabaseUrl } from "./database-url.js";
 import {
   bool,
   cidr,
+  domainName,
   duration,
   int,
   key32,
@@ -15,6 +16,7 @@ import {
   SettingProblem,
   serverId,
   text,
+  webOrigin,
 } from "./setting-parsers.js";
 
 /**
@@ -204,6 +206,23 @@ export const settings = {
       return value === "" ? undefined : value;
     },
     doc: "the name authenticator apps show beside a TOTP second factor of this server",
+  }),
+  PASSKEYS: setting({
+    default: "on",
+    parse: oneOf(["on", "off"]),
+    doc: "`on` offers passkeys (WebAuthn) to clients that announce support (the reference web client) from an origin in `WEBAUTHN_ORIGINS`; generic Harmony clients never see them; `off` offers them to no one (stored passkeys stay)",
+  }),
+  WEBAUTHN_RP_ID: setting({
+    default: "",
+    shownDefault: "the `SERVER_ID` host",
+    parse: (value) => (value === "" ? undefined : domainName(value)),
+    doc: "the WebAuthn relying party ID passkeys are bound to: the page's host or a parent domain of it (never an IP address; with an IP `SERVER_ID` and no value here, passkeys are not offered)",
+  }),
+  WEBAUTHN_ORIGINS: setting({
+    default: "",
+    shownDefault: "`https://<SERVER_ID>` (`:443` left out; `http://` for `localhost`)",
+    parse: list(webOrigin),
+    doc: "comma-separated origins whose pages may register and use passkeys (each the RP ID or a subdomain of it; `http://` only for `localhost`); the passkey option is offered only to a BeginAuth whose `Origin` is one of them",
   }),
   LIMIT_EMAILS_PER_ACCOUNT: setting({
     default: "5/1h",

@@ -10,9 +10,16 @@ import {
 } from "../src/auth/flow-machine.js";
 import { HarmonyError } from "../src/errors.js";
 
-const open: FlowPolicy = { registration: true, invites: false, verifyEmail: false, email: false };
+const open: FlowPolicy = {
+  registration: true,
+  invites: false,
+  verifyEmail: false,
+  email: false,
+  passkeys: false,
+};
 const closed: FlowPolicy = {
   registration: false,
+  passkeys: false,
   invites: false,
   verifyEmail: false,
   email: false,

@@ -374,3 +374,30 @@ describe("following a flow (the page's driver, on the real handlers)", () => {
     flow.close();
   });
 });
+
+describe("the passkey step, as the page shows and answers it", () => {
+  it("knows cadenza's own field type: no input, its value the assertion's JSON as UTF-8 bytes", () => {
+    const view = stepView(
+      create(AuthStepSchema, {
+        canGoBack: true,
+        step: {
+          case: "form",
+          value: {
+            title: "passkey",
+            fields: [{ name: "assertion", type: "cadenza.passkey-assertion" }],
+          },
+        },
+      }),
+    );
+    expect(view).toMatchObject({ kind: "form", heading: "Sign in with a passkey" });
+    const [field] = view.kind === "form" ? view.fields : [];
+    expect(field).toMatchObject({ known: true, kind: { ceremony: "passkey" } });
+    expect(fieldLabel("assertion")).toBe("Passkey");
+    expect(optionLabel("passkey")).toBe("Sign in with a passkey");
+    const json = '{"id":"abc","type":"public-key"}';
+    const req = create(NextStepRequestSchema, formRequest("a", field ? [field] : [], [json]));
+    const value = req.step.case === "form" ? req.step.value.fields[0]?.field : undefined;
+    expect(value?.case).toBe("bytes");
+    expect(new TextDecoder().decode(value?.value as Uint8Array)).toBe(json);
+  });
+});

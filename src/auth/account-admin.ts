@@ -29,6 +29,8 @@ export interface AdminUser {
   readonly sessionCount: number;
   /** Whether logins ask for a TOTP code after the password. */
   readonly totpEnabled: boolean;
+  /** How many passkeys the user has. */
+  readonly passkeyCount: number;
 }
 
 export interface SessionInfo {

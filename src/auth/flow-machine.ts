@@ -22,6 +22,7 @@ export type StepName =
   | "change-password"
   | "totp"
   | "recovery-code"
+  | "passkey"
   | "success";
 
 export const stepNames: readonly StepName[] = [
@@ -37,6 +38,7 @@ export const stepNames: readonly StepName[] = [
   "change-password",
   "totp",
   "recovery-code",
+  "passkey",
   "success",
 ];
 
@@ -55,11 +57,20 @@ export interface PendingSecondFactor {
     | { readonly kind: "change-password"; readonly passwordHash: string };
 }
 
+/**
+ * What a client announced it can do at BeginAuth, beyond Harmony's generic
+ * steps (and the server agreed to offer it): `passkey`, a passkey sign-in.
+ * Generic Harmony clients announce nothing and see only Harmony's steps.
+ */
+export type ClientFeature = "passkey";
+
 /** A flow's state: the steps taken, the current one last. */
 export interface FlowState {
   readonly stack: readonly StepName[];
   /** Set exactly while the flow stands on a second-factor step. */
   readonly secondFactor?: PendingSecondFactor;
+  /** Set when the client announced features the server offers it; kept for the flow's life. */
+  readonly features?: readonly ClientFeature[];
 }
 
 export interface FlowRecord {
@@ -68,7 +79,18 @@ export interface FlowRecord {
   readonly done: boolean;
 }
 
-export type FormFieldType = "email" | "password" | "new-password" | "text" | "number";
+/**
+ * Harmony's field types, and cadenza's own `cadenza.passkey-assertion`: the
+ * JSON of a WebAuthn assertion (as UTF-8 bytes), shown only to clients that
+ * announced the `passkey` feature.
+ */
+export type FormFieldType =
+  | "email"
+  | "password"
+  | "new-password"
+  | "text"
+  | "number"
+  | "cadenza.passkey-assertion";
 
 export interface FormFieldSpec {
   readonly name: string;
@@ -114,6 +136,8 @@ export interface FlowPolicy {
   readonly verifyEmail: boolean;
   /** SMTP is configured: password reset and account deletion by email code are offered. */
   readonly email: boolean;
+  /** PASSKEYS=on (with an RP ID): the passkey option, for flows whose client announced it. */
+  readonly passkeys: boolean;
 }
 
 /** What a submitted form asks the caller to do. */
@@ -129,6 +153,8 @@ export type Submission =
     }
   /** The code sent to the email given at `register`. */
   | { readonly kind: "verify-email"; readonly code: string }
+  /** A passkey sign-in: the browser's assertion, as JSON. */
+  | { readonly kind: "passkey"; readonly assertion: string }
   /** A TOTP or recovery code for a login whose password was right. */
   | {
       readonly kind: "second-factor";
@@ -167,8 +193,17 @@ export const initialState: FlowState = Object.freeze({
   stack: Object.freeze(["initial"] as const),
 });
 
-/** Where a flow stands after a reset or deletion: no way back into it. */
-const successState: FlowState = Object.freeze({ stack: Object.freeze(["success"] as const) });
+/** A fresh flow's state for a client that announced `features` the server offers it. */
+export function initialStateFor(features: readonly ClientFeature[]): FlowState {
+  return features.length === 0
+    ? initialState
+    : Object.freeze({ stack: initialState.stack, features: Object.freeze([...features]) });
+}
+
+/** `state` on another stack, keeping what the client announced (and nothing else). */
+function onStack(state: FlowState, stack: readonly StepName[]): FlowState {
+  return state.features ? { stack, features: state.features } : { stack };
+}
 
 /** The step a choice's option leads to. */
 const optionTarget: Readonly<Record<string, StepName>> = {
@@ -179,6 +214,7 @@ const optionTarget: Readonly<Record<string, StepName>> = {
   "delete-user": "delete-user-send-token",
   "change-password": "change-password",
   "back-to-initial": "initial",
+  passkey: "passkey",
 };
 
 /** The choice the `totp` form also takes: a form for a recovery code instead. */
@@ -192,12 +228,23 @@ function canGoBack(state: FlowState): boolean {
   return state.stack.length > 1;
 }
 
-function choiceOptions(step: StepName, policy: FlowPolicy): readonly string[] | undefined {
+/** Whether the flow offers a passkey sign-in: configured, and announced by its client. */
+const offersPasskey = (state: FlowState, policy: FlowPolicy): boolean =>
+  policy.passkeys && state.features?.includes("passkey") === true;
+
+function choiceOptions(
+  step: StepName,
+  policy: FlowPolicy,
+  state: FlowState,
+): readonly string[] | undefined {
   switch (step) {
     case "initial":
-      return policy.registration
-        ? ["login", "register", "other-options"]
-        : ["login", "other-options"];
+      return [
+        "login",
+        ...(offersPasskey(state, policy) ? ["passkey"] : []),
+        ...(policy.registration ? ["register"] : []),
+        "other-options",
+      ];
     case "other-options":
       return policy.email
         ? ["reset-password", "delete-user", "change-password"]
@@ -233,6 +280,8 @@ function formFields(step: StepName, policy: FlowPolicy): readonly FormFieldSpec[
     case "totp":
     case "recovery-code":
       return [f("code", "text")];
+    case "passkey":
+      return [f("assertion", "cadenza.passkey-assertion")];
     default:
       return undefined;
   }
@@ -242,7 +291,7 @@ function formFields(step: StepName, policy: FlowPolicy): readonly FormFieldSpec[
 export function viewOf(state: FlowState, policy: FlowPolicy): StepView {
   const step = current(state);
   const back = canGoBack(state);
-  const options = choiceOptions(step, policy);
+  const options = choiceOptions(step, policy, state);
   if (options !== undefined) return { kind: "choice", title: step, options, canGoBack: back };
   const fields = formFields(step, policy) ?? [];
   return { kind: "form", title: step, fields, canGoBack: back };
@@ -255,7 +304,7 @@ export function viewOf(state: FlowState, policy: FlowPolicy): StepView {
  * flow goes is decided here.
  */
 export function awaitSecondFactor(state: FlowState, pending: PendingSecondFactor): FlowState {
-  return { stack: [...state.stack, "totp"], secondFactor: pending };
+  return { ...onStack(state, [...state.stack, "totp"]), secondFactor: pending };
 }
 
 /** The final step of a completed flow. */
@@ -314,6 +363,7 @@ function readForm(
     switch (field.type) {
       case "password":
       case "new-password":
+      case "cadenza.passkey-assertion":
         if (value.kind === "bytes") {
           let decoded: string;
           try {
@@ -349,6 +399,8 @@ function expected(type: FormFieldType): string {
     case "password":
     case "new-password":
       return "bytes (UTF-8)";
+    case "cadenza.passkey-assertion":
+      return "the WebAuthn assertion's JSON, as UTF-8 bytes";
     case "number":
       return "a number";
     default:
@@ -384,7 +436,7 @@ export function advance(
         const next = { ...state, stack: [...state.stack, "recovery-code" as const] };
         return { kind: "step", state: next, step: viewOf(next, policy) };
       }
-      const options = choiceOptions(step, policy);
+      const options = choiceOptions(step, policy, state);
       if (options === undefined) {
         throw new HarmonyError(authErrors.choiceSentToForm, {
           ...(step === "totp"
@@ -401,7 +453,7 @@ export function advance(
       }
       const target = optionTarget[input.choice] ?? "initial";
       // Back to the start is a fresh start: nothing to go back to.
-      const next = target === "initial" ? initialState : { stack: [...state.stack, target] };
+      const next = onStack(state, target === "initial" ? ["initial"] : [...state.stack, target]);
       return { kind: "step", state: next, step: viewOf(next, policy) };
     }
     case "form": {
@@ -409,7 +461,7 @@ export function advance(
       if (fields === undefined) throw new HarmonyError(authErrors.formSentToChoice);
       const values = readForm(fields, input.values);
       const value = (name: string): string => values.get(name) ?? "";
-      const push = (next: StepName): FlowState => ({ stack: [...state.stack, next] });
+      const push = (next: StepName): FlowState => onStack(state, [...state.stack, next]);
       switch (step) {
         case "login":
           return {
@@ -440,6 +492,12 @@ export function advance(
             submission: { kind: "verify-email", code: value("token") },
             next: "session",
           };
+        case "passkey":
+          return {
+            kind: "submit",
+            submission: { kind: "passkey", assertion: value("assertion") },
+            next: "session",
+          };
         case "totp":
         case "recovery-code": {
           // Either form takes either kind of code; the step only says which is asked for.
@@ -465,7 +523,8 @@ export function advance(
               code: value("token"),
               newPassword: value("new-password"),
             },
-            next: successState,
+            // After a reset or deletion: no way back into it.
+            next: onStack(state, ["success"]),
           };
         case "delete-user-send-token":
           return {
@@ -477,7 +536,8 @@ export function advance(
           return {
             kind: "submit",
             submission: { kind: "delete-user", code: value("token") },
-            next: successState,
+            // After a reset or deletion: no way back into it.
+            next: onStack(state, ["success"]),
           };
         default:
           return {
@@ -500,8 +560,13 @@ function back(state: FlowState): FlowState {
   const stack = state.stack.slice(0, -1);
   const top = stack[stack.length - 1];
   return state.secondFactor && top !== undefined && secondFactorSteps.has(top)
-    ? { stack, secondFactor: state.secondFactor }
-    : { stack };
+    ? { ...onStack(state, stack), secondFactor: state.secondFactor }
+    : onStack(state, stack);
+}
+
+/** The step a flow stands on. */
+export function currentStep(state: FlowState): StepName {
+  return current(state);
 }
 
 function truncate(text: string): string {

@@ -9,10 +9,11 @@ import type { Limits } from "../limits/limits.js";
 import { authErrors } from "./auth-errors.js";
 import {
   advance,
+  type ClientFeature,
   type FlowInput,
   type FlowPolicy,
   type FlowState,
-  initialState,
+  initialStateFor,
   type StepView,
 } from "./flow-machine.js";
 import { randomToken } from "./random-ids.js";
@@ -32,8 +33,17 @@ export const MAX_STEPS_PER_FLOW = 256;
 const MAX_ATTEMPTS = 5;
 
 export interface Flows {
-  /** Starts a flow for `caller`; returns its auth_id. */
-  begin(caller?: Caller): Promise<string>;
+  /**
+   * Starts a flow for `caller`, offering it the client `features` it
+   * announced (and the server offers it); returns its auth_id.
+   */
+  begin(caller?: Caller, features?: readonly ClientFeature[]): Promise<string>;
+  /**
+   * A flow as it stands, for a call that reads it without moving it (a
+   * passkey step's options): its lookup key and record. Throws
+   * `h.bad-auth-id` for an unknown, spent or expired flow.
+   */
+  peek(authId: string): Promise<{ flowKey: Buffer; flow: StoredFlow }>;
   /** Applies a NextStep or StepBack input; returns the step now current. */
   advance(authId: string, input: FlowInput, caller?: Caller): Promise<StepView>;
   /**
@@ -97,14 +107,14 @@ export function createFlows(deps: FlowsDeps): Flows {
   };
 
   return {
-    async begin(caller = unknownCaller) {
+    async begin(caller = unknownCaller, features = []) {
       await limits.rate("beginAuth", caller);
       const authId = randomToken(AUTH_ID_BYTES);
       const now = clock.now();
       const inserted = await flowStore.insert(
         db,
         flowKeys(authId).lookup,
-        initialState,
+        initialStateFor(features),
         now,
         now + config.flowTtlMs,
         caller.address,
@@ -118,6 +128,14 @@ export function createFlows(deps: FlowsDeps): Flows {
         });
       }
       return authId;
+    },
+
+    async peek(authId) {
+      const keys = keysFor(authId);
+      const flow = await load(keys);
+      if (flow.done) throw new HarmonyError(authErrors.spentAuthId);
+      if (clock.now() >= flow.expiresAt) throw new HarmonyError(authErrors.expiredAuthId);
+      return { flowKey: keys.lookup, flow };
     },
 
     async advance(authId, input, caller = unknownCaller) {

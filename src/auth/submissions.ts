@@ -22,6 +22,7 @@ import {
   viewOf,
 } from "./flow-machine.js";
 import type { Invites } from "./invites.js";
+import type { Passkeys } from "./passkeys.js";
 import { sha256 } from "./random-ids.js";
 import type { SecondFactor } from "./second-factor.js";
 import type { Sessions } from "./sessions.js";
@@ -61,6 +62,7 @@ export type SubmissionsDeps = {
   readonly mailer: Mailer | undefined;
   readonly accountStore: Pick<AccountAdminStore, "deleteSessions" | "delete">;
   readonly secondFactor: Pick<SecondFactor, "enabled" | "check" | "spend">;
+  readonly passkeys: Pick<Passkeys, "verifySignIn" | "recordSignIn">;
   readonly logger: { error(obj: object, msg: string): void };
 };
 
@@ -382,6 +384,35 @@ export function createSubmissions(deps: SubmissionsDeps) {
     return step;
   }
 
+  /**
+   * A passkey sign-in: the assertion verified against the flow's challenge
+   * (spent, used or not), then the session. No second-factor step follows:
+   * a passkey with user verification (required) is itself two factors, the
+   * device and the PIN or biometric that unlocks it, and cannot be phished.
+   */
+  async function passkeySignIn(c: SubmissionContext, assertion: string) {
+    const verified = await deps.passkeys.verifySignIn(c.flowKey, assertion, c.caller);
+    const step = await finishWithSession(c, verified.userId, async (tx) => {
+      await deps.passkeys.recordSignIn(tx, verified);
+      return undefined;
+    }).catch((err: unknown) => {
+      audit.record("login.failed", {
+        caller: c.caller,
+        flowKey: c.flowKey,
+        userId: verified.userId,
+        reason: reasonOf(err),
+      });
+      throw err;
+    });
+    audit.record("login.succeeded", {
+      caller: c.caller,
+      flowKey: c.flowKey,
+      userId: verified.userId,
+      method: "passkey",
+    });
+    return step;
+  }
+
   /** The email and name a new password must not contain. */
   async function accountOf(userId: bigint) {
     const owner = await accounts.ownerOf(userId);
@@ -427,6 +458,8 @@ export function createSubmissions(deps: SubmissionsDeps) {
           return changePassword(c, s);
         case "second-factor":
           return completeWithCode(c, s.code, s.pending);
+        case "passkey":
+          return passkeySignIn(c, s.assertion);
       }
     },
   };

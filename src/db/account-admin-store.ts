@@ -11,12 +11,14 @@ interface UserRow {
   disabled_at: Date | null;
   session_count: bigint;
   totp_enabled: boolean;
+  passkey_count: bigint;
 }
 
 const columns = `u.id, u.username, u.email, u.homeserver, u.foreign_user_id, u.created_at,
   u.disabled_at, (SELECT count(*) FROM sessions s WHERE s.user_id = u.id) AS session_count,
   EXISTS (SELECT 1 FROM totp_factors t WHERE t.user_id = u.id AND t.enabled_at IS NOT NULL)
-    AS totp_enabled`;
+    AS totp_enabled,
+  (SELECT count(*) FROM passkeys p WHERE p.user_id = u.id) AS passkey_count`;
 
 const toUser = (r: UserRow): AdminUser => ({
   userId: r.id,
@@ -28,9 +30,10 @@ const toUser = (r: UserRow): AdminUser => ({
   disabledAt: r.disabled_at?.getTime(),
   sessionCount: Number(r.session_count),
   totpEnabled: r.totp_enabled,
+  passkeyCount: Number(r.passkey_count),
 });
 
-/** Accounts as operators manage them (migrations 0001–0008). */
+/** Accounts as operators manage them (migrations 0001–0009). */
 export function createAccountAdminStore(): AccountAdminStore {
   return {
     async list(q, query, afterId, limit) {

@@ -27,6 +27,8 @@ const toJson = (event: AccountEventData): Record<string, unknown> => {
       return { sessionIds: [...event.sessionIds] };
     case "second_factor_changed":
       return { enabled: event.enabled, byOperator: event.byOperator };
+    case "passkeys_changed":
+      return { added: event.added, passkeys: event.passkeys, byOperator: event.byOperator };
     default:
       return {};
   }
@@ -53,12 +55,19 @@ const fromJson = (kind: AccountEventKind, data: Record<string, unknown>): Accoun
       };
     case "second_factor_changed":
       return { kind, enabled: data.enabled === true, byOperator: data.byOperator === true };
+    case "passkeys_changed":
+      return {
+        kind,
+        added: data.added === true,
+        passkeys: Number(data.passkeys ?? 0),
+        byOperator: data.byOperator === true,
+      };
     default:
       return { kind };
   }
 };
 
-/** The account event outbox in Postgres (migrations 0004, 0008). */
+/** The account event outbox in Postgres (migrations 0004, 0008, 0009). */
 export function createAccountEventStore(): AccountEventStore {
   return {
     async append(q, userId, event, now) {

@@ -1,4 +1,5 @@
 import {
+  type ClientFeature,
   type FlowState,
   type PendingSecondFactor,
   type StepName,
@@ -23,13 +24,17 @@ const knownSteps: ReadonlySet<string> = new Set<string>(stepNames);
  * is one, is an argon2id PHC string, as users.password_hash keeps it.
  */
 function stateJson(state: FlowState): string {
-  const { stack, secondFactor } = state;
-  return JSON.stringify(
-    secondFactor
-      ? { stack, secondFactor: { ...secondFactor, userId: secondFactor.userId.toString() } }
-      : { stack },
-  );
+  const { stack, secondFactor, features } = state;
+  return JSON.stringify({
+    stack,
+    ...(secondFactor
+      ? { secondFactor: { ...secondFactor, userId: secondFactor.userId.toString() } }
+      : {}),
+    ...(features ? { features } : {}),
+  });
 }
+
+const knownFeatures: ReadonlySet<string> = new Set<ClientFeature>(["passkey"]);
 
 function parsePending(value: unknown): PendingSecondFactor {
   const p = value as { userId?: unknown; completes?: { kind?: unknown; passwordHash?: unknown } };
@@ -47,18 +52,23 @@ function parsePending(value: unknown): PendingSecondFactor {
 }
 
 function parseState(value: unknown): FlowState {
-  const { stack, secondFactor } =
-    (value as { stack?: unknown; secondFactor?: unknown } | null) ?? {};
+  const { stack, secondFactor, features } =
+    (value as { stack?: unknown; secondFactor?: unknown; features?: unknown } | null) ?? {};
   if (
     !Array.isArray(stack) ||
     stack.length === 0 ||
-    !stack.every((s) => typeof s === "string" && knownSteps.has(s))
+    !stack.every((s) => typeof s === "string" && knownSteps.has(s)) ||
+    (features !== undefined &&
+      (!Array.isArray(features) ||
+        !features.every((f) => typeof f === "string" && knownFeatures.has(f))))
   ) {
     throw new Error("auth_flows.state is not a valid flow state");
   }
-  return secondFactor === undefined
-    ? { stack: stack as StepName[] }
-    : { stack: stack as StepName[], secondFactor: parsePending(secondFactor) };
+  return {
+    stack: stack as StepName[],
+    ...(secondFactor === undefined ? {} : { secondFactor: parsePending(secondFactor) }),
+    ...(features === undefined ? {} : { features: features as ClientFeature[] }),
+  };
 }
 
 interface FlowRow {

@@ -1,6 +1,7 @@
 import type { AccountAdminStore } from "../auth/account-admin.js";
 import type { EmailCodeStore } from "../auth/email-codes.js";
 import type { InviteStore } from "../auth/invites.js";
+import type { PasskeyStore } from "../auth/passkeys.js";
 import type { SecondFactorStore } from "../auth/second-factor.js";
 import type { FlowStore, SessionStore, UserStore } from "../auth/stores.js";
 import type { AccountEventStore } from "../events/account-events.js";
@@ -25,6 +26,7 @@ import {
 import { createFlowStore } from "./flow-store.js";
 import { createInviteStore } from "./invite-store.js";
 import { createLoginThrottleStore } from "./limit-store.js";
+import { createPasskeyStore } from "./passkey-store.js";
 import { createSecondFactorStore } from "./second-factor-store.js";
 import { createSessionStore } from "./session-store.js";
 import { createUserStore } from "./user-store.js";
@@ -45,6 +47,7 @@ export interface Stores {
   readonly invites: InviteStore;
   readonly emailCodes: EmailCodeStore;
   readonly secondFactor: SecondFactorStore;
+  readonly passkeys: PasskeyStore;
 }
 
 /**
@@ -67,5 +70,6 @@ export function createStores(): Stores {
     invites: createInviteStore(),
     emailCodes: createEmailCodeStore(),
     secondFactor: createSecondFactorStore(),
+    passkeys: createPasskeyStore(),
   };
 }

@@ -28,6 +28,14 @@ export type AccountEventData =
       readonly kind: "second_factor_changed";
       readonly enabled: boolean;
       readonly byOperator: boolean;
+    }
+  /** A passkey was added or removed, by the user or (removals only) by an operator. */
+  | {
+      readonly kind: "passkeys_changed";
+      readonly added: boolean;
+      /** How many passkeys the account has now. */
+      readonly passkeys: number;
+      readonly byOperator: boolean;
     };
 
 export type AccountEventKind = AccountEventData["kind"];

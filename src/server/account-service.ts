@@ -2,6 +2,7 @@ import { timestampFromMs } from "@bufbuild/protobuf/wkt";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { type AccountAdmin, adminErrors } from "../auth/account-admin.js";
 import { authErrors } from "../auth/auth-errors.js";
+import type { PasskeyInfo, Passkeys } from "../auth/passkeys.js";
 import type { SecondFactor } from "../auth/second-factor.js";
 import type { AuthenticatedSession } from "../auth/sessions.js";
 import { callerKey } from "../caller.js";
@@ -12,7 +13,17 @@ import { sessionKey } from "./rpc/interceptors.js";
 export type AccountServiceDeps = {
   readonly accountAdmin: Pick<AccountAdmin, "sessions" | "revokeSessions">;
   readonly secondFactor: SecondFactor;
+  readonly passkeys: Passkeys;
 };
+
+/** A passkey as the wire carries it (the account and admin services alike). */
+export const passkeyMessage = (p: PasskeyInfo) => ({
+  passkeyId: p.passkeyId,
+  name: p.name,
+  createdAt: timestampFromMs(p.createdAt),
+  ...(p.lastUsedAt === undefined ? {} : { lastUsedAt: timestampFromMs(p.lastUsedAt) }),
+  backedUp: p.backedUp,
+});
 
 /** The caller's session, which the auth interceptor checked (every method requires one). */
 function caller(ctx: HandlerContext): AuthenticatedSession {
@@ -23,11 +34,16 @@ function caller(ctx: HandlerContext): AuthenticatedSession {
 
 /**
  * cadenza.account.v1.AccountService on the public port: a user's own
- * sessions and second factor. Revocation emits `sessions_revoked` and
- * reaches every replica's session cache at once; turning TOTP on or off
- * emits `second_factor_changed`.
+ * sessions, second factor and passkeys. Revocation emits `sessions_revoked`
+ * and reaches every replica's session cache at once; turning TOTP on or off
+ * emits `second_factor_changed`, adding or removing a passkey
+ * `passkeys_changed`.
  */
-export function createAccountServiceImpl({ accountAdmin, secondFactor }: AccountServiceDeps) {
+export function createAccountServiceImpl({
+  accountAdmin,
+  secondFactor,
+  passkeys,
+}: AccountServiceDeps) {
   return {
     async listSessions(_req, ctx) {
       const me = caller(ctx);
@@ -106,6 +122,39 @@ export function createAccountServiceImpl({ accountAdmin, secondFactor }: Account
     async disableTotp(req, ctx) {
       const me = caller(ctx);
       await secondFactor.disable(me.userId, req.code, req.password, ctx.values.get(callerKey));
+      return {};
+    },
+
+    async beginPasskeyRegistration(req, ctx) {
+      const me = caller(ctx);
+      return {
+        optionsJson: await passkeys.beginRegistration(
+          me.userId,
+          me.sessionId,
+          req.password,
+          ctx.values.get(callerKey),
+        ),
+      };
+    },
+
+    async finishPasskeyRegistration(req, ctx) {
+      const me = caller(ctx);
+      const passkey = await passkeys.finishRegistration(
+        me.userId,
+        me.sessionId,
+        req.responseJson,
+        req.name,
+        ctx.values.get(callerKey),
+      );
+      return { passkey: passkeyMessage(passkey) };
+    },
+
+    async listPasskeys(_req, ctx) {
+      return { passkeys: (await passkeys.list(caller(ctx).userId)).map(passkeyMessage) };
+    },
+
+    async deletePasskey(req, ctx) {
+      await passkeys.remove(caller(ctx).userId, req.passkeyId, ctx.values.get(callerKey));
       return {};
     },
   } satisfies ServiceImpl<typeof AccountService>;

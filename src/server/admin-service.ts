@@ -4,13 +4,16 @@ import type { Audit } from "../audit.js";
 import type { AccountAdmin, AdminUser, SessionInfo } from "../auth/account-admin.js";
 import { adminErrors } from "../auth/account-admin.js";
 import type { Invite, Invites } from "../auth/invites.js";
+import type { Passkeys } from "../auth/passkeys.js";
 import { HarmonyError } from "../errors.js";
 import type { ServerKey, ServerKeys } from "../federation/server-keys.js";
 import type { AdminService } from "../gen/cadenza/admin/v1/admin_pb.js";
+import { passkeyMessage } from "./account-service.js";
 
 export type AdminServiceDeps = {
   readonly accountAdmin: AccountAdmin;
   readonly invites: Invites;
+  readonly passkeys: Pick<Passkeys, "list" | "removeByOperator">;
   readonly serverKeys: Pick<ServerKeys, "current" | "rotate">;
   readonly audit: Audit;
 };
@@ -25,6 +28,7 @@ const user = (u: AdminUser) => ({
   ...(u.disabledAt === undefined ? {} : { disabledAt: timestampFromMs(u.disabledAt) }),
   sessionCount: u.sessionCount,
   totpEnabled: u.totpEnabled,
+  passkeyCount: u.passkeyCount,
 });
 
 const session = (s: SessionInfo) => ({
@@ -60,6 +64,7 @@ const key = (k: ServerKey) => ({
 export function createAdminServiceImpl({
   accountAdmin,
   invites,
+  passkeys,
   serverKeys,
   audit,
 }: AdminServiceDeps) {
@@ -92,6 +97,15 @@ export function createAdminServiceImpl({
     },
     async disableTotp(req) {
       return { user: user(await accountAdmin.disableTotp(req.userId)) };
+    },
+    async listPasskeys(req) {
+      await accountAdmin.get({ userId: req.userId });
+      return { passkeys: (await passkeys.list(req.userId)).map(passkeyMessage) };
+    },
+    async deletePasskeys(req) {
+      await accountAdmin.get({ userId: req.userId });
+      const ids = req.passkeyIds.length === 0 ? undefined : req.passkeyIds;
+      return { passkeyIds: await passkeys.removeByOperator(req.userId, ids) };
     },
     async renameUser(req) {
       return { user: user(await accountAdmin.rename(req.userId, req.username)) };

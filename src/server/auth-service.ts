@@ -1,6 +1,8 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { authErrors } from "../auth/auth-errors.js";
+import type { ClientFeature } from "../auth/flow-machine.js";
 import type { Flows } from "../auth/flows.js";
+import type { Passkeys } from "../auth/passkeys.js";
 import { callerKey, streamSlotHeldKey } from "../caller.js";
 import { HarmonyError } from "../errors.js";
 import type { Federation } from "../federation/federation.js";
@@ -13,10 +15,18 @@ import { toAuthStep, toFlowInput } from "./steps.js";
 
 export type AuthServiceDeps = {
   readonly flows: Flows;
+  readonly passkeys: Pick<Passkeys, "offeredTo">;
   readonly federation: Federation;
   readonly limits: Pick<Limits, "streams">;
   readonly metrics?: Pick<Metrics, "streamOpened" | "streamClosed">;
 };
+
+/**
+ * The request header on BeginAuth in which a client lists, comma-separated,
+ * the steps of cadenza's own it can render: `passkey`. cadenza's CORS
+ * configuration lets browsers send it.
+ */
+export const CLIENT_FEATURES_HEADER = "cadenza-client-features";
 
 /**
  * protocol.auth.v1.AuthService: decode, call the domain, encode. Sessions for
@@ -24,10 +34,25 @@ export type AuthServiceDeps = {
  * the caller (its address, behind trusted proxies) was put in the context
  * where the request entered.
  */
-export function createAuthServiceImpl({ flows, federation, limits, metrics }: AuthServiceDeps) {
+export function createAuthServiceImpl({
+  flows,
+  passkeys,
+  federation,
+  limits,
+  metrics,
+}: AuthServiceDeps) {
   return {
     async beginAuth(_req, ctx) {
-      return { authId: await flows.begin(ctx.values.get(callerKey)) };
+      // What the client can render beyond Harmony's steps, as it announced
+      // it (no Harmony client sends this header), and the server offers it.
+      const announced = (ctx.requestHeader.get(CLIENT_FEATURES_HEADER) ?? "")
+        .split(",")
+        .map((f) => f.trim().toLowerCase());
+      const origin = ctx.requestHeader.get("origin") ?? undefined;
+      const features: ClientFeature[] = passkeys.offeredTo({ features: announced, origin })
+        ? ["passkey"]
+        : [];
+      return { authId: await flows.begin(ctx.values.get(callerKey), features) };
     },
 
     async nextStep(req, ctx) {

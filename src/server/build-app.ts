@@ -23,16 +23,18 @@ import { HarmonyError, hrpcErrors } from "../errors.js";
 import { AccountService } from "../gen/cadenza/account/v1/account_pb.js";
 import { AdminService } from "../gen/cadenza/admin/v1/admin_pb.js";
 import { HomeserverService } from "../gen/cadenza/homeserver/v1/homeserver_pb.js";
+import { PasskeyService } from "../gen/cadenza/passkey/v1/passkey_pb.js";
 import { AuthService } from "../gen/protocol/auth/v1/auth_pb.js";
 import { createAccountServiceImpl } from "./account-service.js";
 import { createAdminServiceImpl } from "./admin-service.js";
-import { createAuthServiceImpl } from "./auth-service.js";
+import { CLIENT_FEATURES_HEADER, createAuthServiceImpl } from "./auth-service.js";
 import { callerOf, createClientAddressOf } from "./client-address.js";
 import { healthRoutes } from "./health.js";
 import { createHomeserverServiceImpl } from "./homeserver-service.js";
 import type { BadHostAnswer } from "./host-header.js";
 import { createHrpcAdapter } from "./hrpc/adapter.js";
 import { bearerMatches, internalAuthInterceptor, internalErrors } from "./internal-auth.js";
+import { createPasskeyServiceImpl } from "./passkey-service.js";
 import type { CallObserver } from "./rpc/failure.js";
 import { answerUnknownMethod, rpcRoutes } from "./rpc/fastify.js";
 import { authInterceptor, errorInterceptor } from "./rpc/interceptors.js";
@@ -62,12 +64,16 @@ interface Surface {
   readonly interceptors: Interceptor[];
 }
 
-/** The public port: Harmony's AuthService, for clients and other homeservers. */
+/**
+ * The public port: Harmony's AuthService, for clients and other homeservers;
+ * cadenza's account service and passkey sign-in options, for users.
+ */
 function publicSurface(ctx: AppContext): Surface {
   return {
     services: [
       { service: AuthService, impl: createAuthServiceImpl(ctx) },
       { service: AccountService, impl: createAccountServiceImpl(ctx) },
+      { service: PasskeyService, impl: createPasskeyServiceImpl(ctx) },
     ],
     interceptors: [errorInterceptor(ctx.logger, observerOf(ctx)), authInterceptor(ctx.sessions)],
   };
@@ -194,7 +200,7 @@ export async function buildApp(
       // An exact list; an empty one allows no cross-origin callers.
       origin: config.corsOrigins.includes("*") ? true : [...config.corsOrigins],
       methods: [...connectCors.allowedMethods],
-      allowedHeaders: [...connectCors.allowedHeaders, "Authorization"],
+      allowedHeaders: [...connectCors.allowedHeaders, "Authorization", CLIENT_FEATURES_HEADER],
       exposedHeaders: [...connectCors.exposedHeaders, "hrpc-version", "retry-after"],
       maxAge: 7200,
     });

@@ -61,6 +61,18 @@ function toEventMessage({
           value: { enabled: event.enabled, byOperator: event.byOperator },
         },
       };
+    case "passkeys_changed":
+      return {
+        ...base,
+        event: {
+          case: "passkeysChanged",
+          value: {
+            added: event.added,
+            passkeyCount: event.passkeys,
+            byOperator: event.byOperator,
+          },
+        },
+      };
     case "disabled":
       return { ...base, event: { case: "disabled", value: {} } };
     case "enabled":

@@ -31,6 +31,8 @@ function time(ts: Timestamp | undefined): HTMLElement | string {
 export function renderAccount(
   info: { readonly userId: string; readonly server: string },
   actions: AccountActions,
+  /** More of the account, below the sessions (the passkeys), with calls of its own. */
+  extra?: HTMLElement,
 ): HTMLElement {
   const headingId = uid("account");
   const problem = h("p", { class: "problem", role: "alert", "aria-atomic": "true" });
@@ -76,9 +78,10 @@ export function renderAccount(
     problem,
     table,
     h("div", { class: "actions" }, logout, others),
+    extra,
   );
 
-  const buttons = () => [...section.querySelectorAll("button")];
+  const buttons = () => [...section.querySelectorAll("button")].filter((b) => !extra?.contains(b));
   /** Runs a call with every button disabled; a dead session signs out, other errors show. */
   const run = async (call: () => Promise<void>) => {
     problem.textContent = "";

@@ -4,6 +4,8 @@ import type { ClientConfig } from "./client-config.js";
 import { type Clients, withSession } from "./clients.js";
 import { h } from "./dom.js";
 import { beginFlow, type Flow, type FlowHandlers } from "./flow.js";
+import { renderPasskeys } from "./passkey-view.js";
+import { passkeysSupported, registerPasskey, signInAssertion } from "./passkeys.js";
 import { type Problem, problemOf, sentence, waitText } from "./problems.js";
 import type { SessionStore } from "./session-store.js";
 import { focusStep, renderStep } from "./step-view.js";
@@ -89,6 +91,7 @@ export function startApp({ root, status, config, clients, sessions }: AppDeps): 
             back: current.back,
             startOver: signIn,
             announce,
+            ceremony: () => signInAssertion(clients.passkey, current.authId),
           }),
         );
       },
@@ -97,7 +100,9 @@ export function startApp({ root, status, config, clients, sessions }: AppDeps): 
         show(failure(problem ?? expired, "Sign-in ended"));
       },
     };
-    beginFlow(clients.auth, handlers).then(
+    // Passkeys are announced only where the browser has WebAuthn; cadenza
+    // offers the step only to origins its passkeys are valid on.
+    beginFlow(clients.auth, handlers, passkeysSupported() ? ["passkey"] : []).then(
       (f) => {
         if (attempt === attempts) flow = f;
         else f.close();
@@ -128,7 +133,17 @@ export function startApp({ root, status, config, clients, sessions }: AppDeps): 
       },
       announce,
     };
-    show(renderAccount({ userId: session.userId, server: config.server }, actions));
+    const passkeys = renderPasskeys({
+      supported: passkeysSupported(),
+      list: async () => (await clients.account.listPasskeys({}, auth)).passkeys,
+      add: (password, name) => registerPasskey(clients.account, auth, password, name),
+      remove: async (passkeyId) => {
+        await clients.account.deletePasskey({ passkeyId }, auth);
+      },
+      signedOut: actions.signedOut,
+      announce,
+    });
+    show(renderAccount({ userId: session.userId, server: config.server }, actions, passkeys));
   };
 
   showAccount();

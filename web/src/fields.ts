@@ -17,6 +17,12 @@ export type FormValue =
 export interface FieldKind {
   /** The `<input type>`. */
   readonly inputType: "email" | "password" | "text" | "number";
+  /**
+   * Set for a field whose value no one types: the page gets it from the
+   * browser when the form is submitted (a passkey's assertion), and shows
+   * no input for it.
+   */
+  readonly ceremony?: "passkey";
   /** The `autocomplete` token, for password managers and autofill. */
   readonly autocomplete: string;
   readonly inputMode?: "numeric" | "email" | "text";
@@ -46,6 +52,13 @@ export const fieldKinds: Readonly<Record<string, FieldKind>> = {
   password: { inputType: "password", autocomplete: "current-password", encode: asBytes },
   "new-password": { inputType: "password", autocomplete: "new-password", encode: asBytes },
   number: { inputType: "number", autocomplete: "off", inputMode: "numeric", encode: asNumber },
+  /** cadenza's own: the browser's WebAuthn assertion, as its JSON in UTF-8 bytes. */
+  "cadenza.passkey-assertion": {
+    inputType: "text",
+    autocomplete: "off",
+    ceremony: "passkey",
+    encode: asBytes,
+  },
 };
 
 /** Names whose meaning tells autofill more than their type does. */

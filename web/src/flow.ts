@@ -2,6 +2,7 @@ import type { Client } from "@connectrpc/connect";
 import { Code } from "@connectrpc/connect";
 import type { AuthService } from "../../src/gen/protocol/auth/v1/auth_pb.js";
 import { choiceRequest, type FieldView, formRequest } from "./fields.js";
+import { CLIENT_FEATURES_HEADER } from "./passkeys.js";
 import { type Problem, problemOf } from "./problems.js";
 import { type StepView, stepView } from "./steps.js";
 
@@ -33,8 +34,13 @@ export interface Flow {
 export async function beginFlow(
   auth: Client<typeof AuthService>,
   handlers: FlowHandlers,
+  /** Steps of cadenza's own the page can render (`passkey`), announced at BeginAuth. */
+  features: readonly string[] = [],
 ): Promise<Flow> {
-  const { authId } = await auth.beginAuth({});
+  const { authId } = await auth.beginAuth(
+    {},
+    features.length === 0 ? {} : { headers: { [CLIENT_FEATURES_HEADER]: features.join(", ") } },
+  );
   const stop = new AbortController();
 
   /** Sends one answer. A race lost to another call on this flow just shows the current step again. */

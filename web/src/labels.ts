@@ -16,6 +16,7 @@ const titles: Readonly<Record<string, string>> = {
   "delete-user-send-token": "Delete your account",
   "delete-user-input-token": "Confirm the deletion",
   "change-password": "Change your password",
+  passkey: "Sign in with a passkey",
   success: "Done",
 };
 
@@ -27,6 +28,7 @@ const options: Readonly<Record<string, string>> = {
   "delete-user": "Delete account",
   "change-password": "Change password",
   "back-to-initial": "Back to the start",
+  passkey: "Sign in with a passkey",
 };
 
 const fields: Readonly<Record<string, string>> = {
@@ -35,6 +37,7 @@ const fields: Readonly<Record<string, string>> = {
   password: "Password",
   "new-password": "New password",
   token: "Code",
+  assertion: "Passkey",
 };
 
 /** "reset-password" → "Reset password"; an empty name stays recognisable. */

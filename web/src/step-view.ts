@@ -12,6 +12,11 @@ export interface StepActions {
   startOver(): void;
   /** Says something politely to screen readers (the page's status region). */
   announce(text: string): void;
+  /**
+   * The value of a field no one types (FieldKind.ceremony): a passkey's
+   * assertion, from the browser. Absent where the page cannot do it.
+   */
+  ceremony?(kind: "passkey"): Promise<string>;
 }
 
 type ShownStep = Exclude<StepView, { kind: "session" }>;
@@ -23,7 +28,7 @@ type ShownStep = Exclude<StepView, { kind: "session" }>;
  */
 interface ProblemSlots {
   readonly step: HTMLElement;
-  readonly fields: readonly { input: HTMLInputElement; message: HTMLElement }[];
+  readonly fields: readonly { input: HTMLInputElement | undefined; message: HTMLElement }[];
   readonly fieldViews: readonly FieldView[];
   /** The controls to disable while a call is in flight or a wait runs. */
   readonly controls: readonly HTMLButtonElement[];
@@ -35,7 +40,7 @@ function clearProblems(slots: ProblemSlots) {
   slots.step.textContent = "";
   for (const f of slots.fields) {
     f.message.textContent = "";
-    f.input.removeAttribute("aria-invalid");
+    f.input?.removeAttribute("aria-invalid");
   }
 }
 
@@ -76,7 +81,7 @@ function showProblem(slots: ProblemSlots, problem: Problem, announce: (text: str
     : `${sentence(problem.message)}${wait}`;
   const index = fieldOfProblem(problem.identifier, slots.fieldViews);
   const field = index === undefined ? undefined : slots.fields[index];
-  if (field) {
+  if (field?.input) {
     field.input.setAttribute("aria-invalid", "true");
     field.message.textContent = text;
     field.input.focus();
@@ -104,7 +109,33 @@ async function attempt(slots: ProblemSlots, actions: StepActions, call: () => Pr
   }
 }
 
+/**
+ * A field whose value the browser gives (a passkey's assertion): no input,
+ * just what will happen, said before it does.
+ */
+function ceremonyRow(field: FieldView) {
+  const id = uid(`field-${field.name.replace(/[^A-Za-z0-9_-]/g, "") || "x"}`);
+  const message = h("p", {
+    id: `${id}-problem`,
+    class: "field-problem",
+    "aria-live": "assertive",
+    "aria-atomic": "true",
+  });
+  const row = h(
+    "div",
+    { class: "field", "data-type": field.type },
+    h(
+      "p",
+      { id, class: "hint" },
+      "Your browser will ask you to choose a passkey and unlock it, with your fingerprint, face or PIN.",
+    ),
+    message,
+  );
+  return { row, input: undefined, message };
+}
+
 function fieldRow(field: FieldView) {
+  if (field.kind.ceremony) return ceremonyRow(field);
   const id = uid(`field-${field.name.replace(/[^A-Za-z0-9_-]/g, "") || "x"}`);
   const messageId = `${id}-problem`;
   const hintId = `${id}-hint`;
@@ -195,7 +226,8 @@ export function renderStep(view: ShownStep, actions: StepActions): HTMLElement {
 
   if (view.kind === "form") {
     const rows = view.fields.map(fieldRow);
-    const submit = h("button", { type: "submit" }, "Continue");
+    const ceremony = view.fields.find((f) => f.kind.ceremony)?.kind.ceremony;
+    const submit = h("button", { type: "submit" }, ceremony ? "Use a passkey" : "Continue");
     const controls = back ? [submit, back] : [submit];
     const slots: ProblemSlots = {
       step: stepProblem,
@@ -214,8 +246,19 @@ export function renderStep(view: ShownStep, actions: StepActions): HTMLElement {
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       if (submit.disabled) return;
-      const values = rows.map((r) => r.input.value);
-      attempt(slots, actions, () => actions.submit(view.fields, values)).catch(() => {});
+      const typed = rows.map((r) => r.input?.value ?? "");
+      attempt(slots, actions, async () => {
+        // A passkey's assertion is asked of the browser only now, on the user's action.
+        const values = await Promise.all(
+          view.fields.map((f, i) => {
+            const kind = f.kind.ceremony;
+            if (!kind) return typed[i] ?? "";
+            if (!actions.ceremony) throw new Error("this page cannot use passkeys here");
+            return actions.ceremony(kind);
+          }),
+        );
+        await actions.submit(view.fields, values);
+      }).catch(() => {});
     });
     if (back) back.addEventListener("click", () => attempt(slots, actions, actions.back));
     section.append(heading, form);
@@ -249,7 +292,7 @@ export function renderStep(view: ShownStep, actions: StepActions): HTMLElement {
 /** Moves focus into a freshly shown step: its first field or option, else its heading. */
 export function focusStep(section: HTMLElement) {
   const target =
-    section.querySelector<HTMLElement>("input, .options button") ??
+    section.querySelector<HTMLElement>("input, .options button, form button[type=submit]") ??
     section.querySelector<HTMLElement>("h2");
   target?.focus();
 }

@@ -1,5 +1,6 @@
 // cadenza's account service, for users on the public port: their own
-// sessions and their second factor (TOTP, RFC 6238, with recovery codes).
+// sessions, their second factor (TOTP, RFC 6238, with recovery codes) and
+// their passkeys (WebAuthn).
 // Every method needs the caller's session token in the
 // Authorization header (the raw token, as Harmony clients send it, or
 // `Bearer <token>`), like Harmony's CheckLoggedIn.
@@ -19,7 +20,56 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cadenza/account/v1/account.proto.
  */
 export const file_cadenza_account_v1_account: GenFile = /*@__PURE__*/
-  fileDesc("CiBjYWRlbnphL2FjY291bnQvdjEvYWNjb3VudC5wcm90bxISY2FkZW56YS5hY2NvdW50LnYxIuwBCgdTZXNzaW9uEhIKCnNlc3Npb25faWQYASABKAkSLgoKY3JlYXRlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMAoMbGFzdF91c2VkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpleHBpcmVzX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5jbGllbnRfYWRkcmVzcxgFIAEoCRISCgp1c2VyX2FnZW50GAYgASgJEg8KB2N1cnJlbnQYByABKAgiFQoTTGlzdFNlc3Npb25zUmVxdWVzdCJFChRMaXN0U2Vzc2lvbnNSZXNwb25zZRItCghzZXNzaW9ucxgBIAMoCzIbLmNhZGVuemEuYWNjb3VudC52MS5TZXNzaW9uIioKFFJldm9rZVNlc3Npb25SZXF1ZXN0EhIKCnNlc3Npb25faWQYASABKAkiFwoVUmV2b2tlU2Vzc2lvblJlc3BvbnNlIhwKGlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0Ii4KG1Jldm9rZU90aGVyU2Vzc2lvbnNSZXNwb25zZRIPCgdyZXZva2VkGAEgASgNIg8KDUxvZ291dFJlcXVlc3QiEAoOTG9nb3V0UmVzcG9uc2UiGAoWR2V0U2Vjb25kRmFjdG9yUmVxdWVzdCKiAQoXR2V0U2Vjb25kRmFjdG9yUmVzcG9uc2USFAoMdG90cF9lbmFibGVkGAEgASgIEjMKD3RvdHBfZW5hYmxlZF9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASGwoTcmVjb3ZlcnlfY29kZXNfbGVmdBgDIAEoDRIfChd0b3RwX2Vucm9sbG1lbnRfcGVuZGluZxgEIAEoCCIcChpCZWdpblRvdHBFbnJvbGxtZW50UmVxdWVzdCJXChtCZWdpblRvdHBFbnJvbGxtZW50UmVzcG9uc2USDgoGc2VjcmV0GAEgASgJEhMKC290cGF1dGhfdXJpGAIgASgJEhMKC3FyX2NvZGVfc3ZnGAMgASgJIiwKHENvbmZpcm1Ub3RwRW5yb2xsbWVudFJlcXVlc3QSDAoEY29kZRgBIAEoCSI3Ch1Db25maXJtVG90cEVucm9sbG1lbnRSZXNwb25zZRIWCg5yZWNvdmVyeV9jb2RlcxgBIAMoCSIuCh5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1JlcXVlc3QSDAoEY29kZRgBIAEoCSI5Ch9SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1Jlc3BvbnNlEhYKDnJlY292ZXJ5X2NvZGVzGAEgAygJIjQKEkRpc2FibGVUb3RwUmVxdWVzdBIMCgRjb2RlGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJIhUKE0Rpc2FibGVUb3RwUmVzcG9uc2UyqQgKDkFjY291bnRTZXJ2aWNlEmgKDExpc3RTZXNzaW9ucxInLmNhZGVuemEuYWNjb3VudC52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0GiguY2FkZW56YS5hY2NvdW50LnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlIgWaRAIIARJrCg1SZXZva2VTZXNzaW9uEiguY2FkZW56YS5hY2NvdW50LnYxLlJldm9rZVNlc3Npb25SZXF1ZXN0GikuY2FkZW56YS5hY2NvdW50LnYxLlJldm9rZVNlc3Npb25SZXNwb25zZSIFmkQCCAESfQoTUmV2b2tlT3RoZXJTZXNzaW9ucxIuLmNhZGVuemEuYWNjb3VudC52MS5SZXZva2VPdGhlclNlc3Npb25zUmVxdWVzdBovLmNhZGVuemEuYWNjb3VudC52MS5SZXZva2VPdGhlclNlc3Npb25zUmVzcG9uc2UiBZpEAggBElYKBkxvZ291dBIhLmNhZGVuemEuYWNjb3VudC52MS5Mb2dvdXRSZXF1ZXN0GiIuY2FkZW56YS5hY2NvdW50LnYxLkxvZ291dFJlc3BvbnNlIgWaRAIIARJxCg9HZXRTZWNvbmRGYWN0b3ISKi5jYWRlbnphLmFjY291bnQudjEuR2V0U2Vjb25kRmFjdG9yUmVxdWVzdBorLmNhZGVuemEuYWNjb3VudC52MS5HZXRTZWNvbmRGYWN0b3JSZXNwb25zZSIFmkQCCAESfQoTQmVnaW5Ub3RwRW5yb2xsbWVudBIuLmNhZGVuemEuYWNjb3VudC52MS5CZWdpblRvdHBFbnJvbGxtZW50UmVxdWVzdBovLmNhZGVuemEuYWNjb3VudC52MS5CZWdpblRvdHBFbnJvbGxtZW50UmVzcG9uc2UiBZpEAggBEoMBChVDb25maXJtVG90cEVucm9sbG1lbnQSMC5jYWRlbnphLmFjY291bnQudjEuQ29uZmlybVRvdHBFbnJvbGxtZW50UmVxdWVzdBoxLmNhZGVuemEuYWNjb3VudC52MS5Db25maXJtVG90cEVucm9sbG1lbnRSZXNwb25zZSIFmkQCCAESiQEKF1JlZ2VuZXJhdGVSZWNvdmVyeUNvZGVzEjIuY2FkZW56YS5hY2NvdW50LnYxLlJlZ2VuZXJhdGVSZWNvdmVyeUNvZGVzUmVxdWVzdBozLmNhZGVuemEuYWNjb3VudC52MS5SZWdlbmVyYXRlUmVjb3ZlcnlDb2Rlc1Jlc3BvbnNlIgWaRAIIARJlCgtEaXNhYmxlVG90cBImLmNhZGVuemEuYWNjb3VudC52MS5EaXNhYmxlVG90cFJlcXVlc3QaJy5jYWRlbnphLmFjY291bnQudjEuRGlzYWJsZVRvdHBSZXNwb25zZSIFmkQCCAFiBnByb3RvMw", [file_google_protobuf_timestamp, file_protocol_harmonytypes_v1_types]);
+  fileDesc("CiBjYWRlbnphL2FjY291bnQvdjEvYWNjb3VudC5wcm90bxISY2FkZW56YS5hY2NvdW50LnYxIqABCgdQYXNza2V5EhIKCnBhc3NrZXlfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxsYXN0X3VzZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWJhY2tlZF91cBgFIAEoCCLsAQoHU2Vzc2lvbhISCgpzZXNzaW9uX2lkGAEgASgJEi4KCmNyZWF0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3RfdXNlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLgoKZXhwaXJlc19hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOY2xpZW50X2FkZHJlc3MYBSABKAkSEgoKdXNlcl9hZ2VudBgGIAEoCRIPCgdjdXJyZW50GAcgASgIIhUKE0xpc3RTZXNzaW9uc1JlcXVlc3QiRQoUTGlzdFNlc3Npb25zUmVzcG9uc2USLQoIc2Vzc2lvbnMYASADKAsyGy5jYWRlbnphLmFjY291bnQudjEuU2Vzc2lvbiIqChRSZXZva2VTZXNzaW9uUmVxdWVzdBISCgpzZXNzaW9uX2lkGAEgASgJIhcKFVJldm9rZVNlc3Npb25SZXNwb25zZSIcChpSZXZva2VPdGhlclNlc3Npb25zUmVxdWVzdCIuChtSZXZva2VPdGhlclNlc3Npb25zUmVzcG9uc2USDwoHcmV2b2tlZBgBIAEoDSIPCg1Mb2dvdXRSZXF1ZXN0IhAKDkxvZ291dFJlc3BvbnNlIhgKFkdldFNlY29uZEZhY3RvclJlcXVlc3QiogEKF0dldFNlY29uZEZhY3RvclJlc3BvbnNlEhQKDHRvdHBfZW5hYmxlZBgBIAEoCBIzCg90b3RwX2VuYWJsZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhsKE3JlY292ZXJ5X2NvZGVzX2xlZnQYAyABKA0SHwoXdG90cF9lbnJvbGxtZW50X3BlbmRpbmcYBCABKAgiHAoaQmVnaW5Ub3RwRW5yb2xsbWVudFJlcXVlc3QiVwobQmVnaW5Ub3RwRW5yb2xsbWVudFJlc3BvbnNlEg4KBnNlY3JldBgBIAEoCRITCgtvdHBhdXRoX3VyaRgCIAEoCRITCgtxcl9jb2RlX3N2ZxgDIAEoCSIsChxDb25maXJtVG90cEVucm9sbG1lbnRSZXF1ZXN0EgwKBGNvZGUYASABKAkiNwodQ29uZmlybVRvdHBFbnJvbGxtZW50UmVzcG9uc2USFgoOcmVjb3ZlcnlfY29kZXMYASADKAkiLgoeUmVnZW5lcmF0ZVJlY292ZXJ5Q29kZXNSZXF1ZXN0EgwKBGNvZGUYASABKAkiOQofUmVnZW5lcmF0ZVJlY292ZXJ5Q29kZXNSZXNwb25zZRIWCg5yZWNvdmVyeV9jb2RlcxgBIAMoCSI0ChJEaXNhYmxlVG90cFJlcXVlc3QSDAoEY29kZRgBIAEoCRIQCghwYXNzd29yZBgCIAEoCSIVChNEaXNhYmxlVG90cFJlc3BvbnNlIjMKH0JlZ2luUGFzc2tleVJlZ2lzdHJhdGlvblJlcXVlc3QSEAoIcGFzc3dvcmQYASABKAkiOAogQmVnaW5QYXNza2V5UmVnaXN0cmF0aW9uUmVzcG9uc2USFAoMb3B0aW9uc19qc29uGAEgASgJIkcKIEZpbmlzaFBhc3NrZXlSZWdpc3RyYXRpb25SZXF1ZXN0EhUKDXJlc3BvbnNlX2pzb24YASABKAkSDAoEbmFtZRgCIAEoCSJRCiFGaW5pc2hQYXNza2V5UmVnaXN0cmF0aW9uUmVzcG9uc2USLAoHcGFzc2tleRgBIAEoCzIbLmNhZGVuemEuYWNjb3VudC52MS5QYXNza2V5IhUKE0xpc3RQYXNza2V5c1JlcXVlc3QiRQoUTGlzdFBhc3NrZXlzUmVzcG9uc2USLQoIcGFzc2tleXMYASADKAsyGy5jYWRlbnphLmFjY291bnQudjEuUGFzc2tleSIqChREZWxldGVQYXNza2V5UmVxdWVzdBISCgpwYXNza2V5X2lkGAEgASgJIhcKFURlbGV0ZVBhc3NrZXlSZXNwb25zZTKhDAoOQWNjb3VudFNlcnZpY2USaAoMTGlzdFNlc3Npb25zEicuY2FkZW56YS5hY2NvdW50LnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaKC5jYWRlbnphLmFjY291bnQudjEuTGlzdFNlc3Npb25zUmVzcG9uc2UiBZpEAggBEmsKDVJldm9rZVNlc3Npb24SKC5jYWRlbnphLmFjY291bnQudjEuUmV2b2tlU2Vzc2lvblJlcXVlc3QaKS5jYWRlbnphLmFjY291bnQudjEuUmV2b2tlU2Vzc2lvblJlc3BvbnNlIgWaRAIIARJ9ChNSZXZva2VPdGhlclNlc3Npb25zEi4uY2FkZW56YS5hY2NvdW50LnYxLlJldm9rZU90aGVyU2Vzc2lvbnNSZXF1ZXN0Gi8uY2FkZW56YS5hY2NvdW50LnYxLlJldm9rZU90aGVyU2Vzc2lvbnNSZXNwb25zZSIFmkQCCAESVgoGTG9nb3V0EiEuY2FkZW56YS5hY2NvdW50LnYxLkxvZ291dFJlcXVlc3QaIi5jYWRlbnphLmFjY291bnQudjEuTG9nb3V0UmVzcG9uc2UiBZpEAggBEnEKD0dldFNlY29uZEZhY3RvchIqLmNhZGVuemEuYWNjb3VudC52MS5HZXRTZWNvbmRGYWN0b3JSZXF1ZXN0GisuY2FkZW56YS5hY2NvdW50LnYxLkdldFNlY29uZEZhY3RvclJlc3BvbnNlIgWaRAIIARJ9ChNCZWdpblRvdHBFbnJvbGxtZW50Ei4uY2FkZW56YS5hY2NvdW50LnYxLkJlZ2luVG90cEVucm9sbG1lbnRSZXF1ZXN0Gi8uY2FkZW56YS5hY2NvdW50LnYxLkJlZ2luVG90cEVucm9sbG1lbnRSZXNwb25zZSIFmkQCCAESgwEKFUNvbmZpcm1Ub3RwRW5yb2xsbWVudBIwLmNhZGVuemEuYWNjb3VudC52MS5Db25maXJtVG90cEVucm9sbG1lbnRSZXF1ZXN0GjEuY2FkZW56YS5hY2NvdW50LnYxLkNvbmZpcm1Ub3RwRW5yb2xsbWVudFJlc3BvbnNlIgWaRAIIARKJAQoXUmVnZW5lcmF0ZVJlY292ZXJ5Q29kZXMSMi5jYWRlbnphLmFjY291bnQudjEuUmVnZW5lcmF0ZVJlY292ZXJ5Q29kZXNSZXF1ZXN0GjMuY2FkZW56YS5hY2NvdW50LnYxLlJlZ2VuZXJhdGVSZWNvdmVyeUNvZGVzUmVzcG9uc2UiBZpEAggBEmUKC0Rpc2FibGVUb3RwEiYuY2FkZW56YS5hY2NvdW50LnYxLkRpc2FibGVUb3RwUmVxdWVzdBonLmNhZGVuemEuYWNjb3VudC52MS5EaXNhYmxlVG90cFJlc3BvbnNlIgWaRAIIARKMAQoYQmVnaW5QYXNza2V5UmVnaXN0cmF0aW9uEjMuY2FkZW56YS5hY2NvdW50LnYxLkJlZ2luUGFzc2tleVJlZ2lzdHJhdGlvblJlcXVlc3QaNC5jYWRlbnphLmFjY291bnQudjEuQmVnaW5QYXNza2V5UmVnaXN0cmF0aW9uUmVzcG9uc2UiBZpEAggBEo8BChlGaW5pc2hQYXNza2V5UmVnaXN0cmF0aW9uEjQuY2FkZW56YS5hY2NvdW50LnYxLkZpbmlzaFBhc3NrZXlSZWdpc3RyYXRpb25SZXF1ZXN0GjUuY2FkZW56YS5hY2NvdW50LnYxLkZpbmlzaFBhc3NrZXlSZWdpc3RyYXRpb25SZXNwb25zZSIFmkQCCAESaAoMTGlzdFBhc3NrZXlzEicuY2FkZW56YS5hY2NvdW50LnYxLkxpc3RQYXNza2V5c1JlcXVlc3QaKC5jYWRlbnphLmFjY291bnQudjEuTGlzdFBhc3NrZXlzUmVzcG9uc2UiBZpEAggBEmsKDURlbGV0ZVBhc3NrZXkSKC5jYWRlbnphLmFjY291bnQudjEuRGVsZXRlUGFzc2tleVJlcXVlc3QaKS5jYWRlbnphLmFjY291bnQudjEuRGVsZXRlUGFzc2tleVJlc3BvbnNlIgWaRAIIAWIGcHJvdG8z", [file_google_protobuf_timestamp, file_protocol_harmonytypes_v1_types]);
+
+/**
+ * One of the user's passkeys (never its key).
+ *
+ * @generated from message cadenza.account.v1.Passkey
+ */
+export type Passkey = Message<"cadenza.account.v1.Passkey"> & {
+  /**
+   * The credential ID, base64url: the passkey's ID here and in the admin API.
+   *
+   * @generated from field: string passkey_id = 1;
+   */
+  passkeyId: string;
+
+  /**
+   * The name the user gave it.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * When it was added.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 3;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * When it last signed in; unset if it never did.
+   *
+   * @generated from field: google.protobuf.Timestamp last_used_at = 4;
+   */
+  lastUsedAt?: Timestamp | undefined;
+
+  /**
+   * Whether the authenticator syncs it beyond one device (a "multi-device" passkey, backed up).
+   *
+   * @generated from field: bool backed_up = 5;
+   */
+  backedUp: boolean;
+};
+
+/**
+ * Describes the message cadenza.account.v1.Passkey.
+ * Use `create(PasskeySchema)` to create a new message.
+ */
+export const PasskeySchema: GenMessage<Passkey> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 0);
 
 /**
  * One of the user's sessions (never its token).
@@ -82,7 +132,7 @@ export type Session = Message<"cadenza.account.v1.Session"> & {
  * Use `create(SessionSchema)` to create a new message.
  */
 export const SessionSchema: GenMessage<Session> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 0);
+  messageDesc(file_cadenza_account_v1_account, 1);
 
 /**
  * Used in `ListSessions`.
@@ -97,7 +147,7 @@ export type ListSessionsRequest = Message<"cadenza.account.v1.ListSessionsReques
  * Use `create(ListSessionsRequestSchema)` to create a new message.
  */
 export const ListSessionsRequestSchema: GenMessage<ListSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 1);
+  messageDesc(file_cadenza_account_v1_account, 2);
 
 /**
  * The answer of `ListSessions`.
@@ -118,7 +168,7 @@ export type ListSessionsResponse = Message<"cadenza.account.v1.ListSessionsRespo
  * Use `create(ListSessionsResponseSchema)` to create a new message.
  */
 export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 2);
+  messageDesc(file_cadenza_account_v1_account, 3);
 
 /**
  * Used in `RevokeSession`.
@@ -139,7 +189,7 @@ export type RevokeSessionRequest = Message<"cadenza.account.v1.RevokeSessionRequ
  * Use `create(RevokeSessionRequestSchema)` to create a new message.
  */
 export const RevokeSessionRequestSchema: GenMessage<RevokeSessionRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 3);
+  messageDesc(file_cadenza_account_v1_account, 4);
 
 /**
  * The answer of `RevokeSession`.
@@ -154,7 +204,7 @@ export type RevokeSessionResponse = Message<"cadenza.account.v1.RevokeSessionRes
  * Use `create(RevokeSessionResponseSchema)` to create a new message.
  */
 export const RevokeSessionResponseSchema: GenMessage<RevokeSessionResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 4);
+  messageDesc(file_cadenza_account_v1_account, 5);
 
 /**
  * Used in `RevokeOtherSessions`.
@@ -169,7 +219,7 @@ export type RevokeOtherSessionsRequest = Message<"cadenza.account.v1.RevokeOther
  * Use `create(RevokeOtherSessionsRequestSchema)` to create a new message.
  */
 export const RevokeOtherSessionsRequestSchema: GenMessage<RevokeOtherSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 5);
+  messageDesc(file_cadenza_account_v1_account, 6);
 
 /**
  * The answer of `RevokeOtherSessions`.
@@ -190,7 +240,7 @@ export type RevokeOtherSessionsResponse = Message<"cadenza.account.v1.RevokeOthe
  * Use `create(RevokeOtherSessionsResponseSchema)` to create a new message.
  */
 export const RevokeOtherSessionsResponseSchema: GenMessage<RevokeOtherSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 6);
+  messageDesc(file_cadenza_account_v1_account, 7);
 
 /**
  * Used in `Logout`.
@@ -205,7 +255,7 @@ export type LogoutRequest = Message<"cadenza.account.v1.LogoutRequest"> & {
  * Use `create(LogoutRequestSchema)` to create a new message.
  */
 export const LogoutRequestSchema: GenMessage<LogoutRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 7);
+  messageDesc(file_cadenza_account_v1_account, 8);
 
 /**
  * The answer of `Logout`.
@@ -220,7 +270,7 @@ export type LogoutResponse = Message<"cadenza.account.v1.LogoutResponse"> & {
  * Use `create(LogoutResponseSchema)` to create a new message.
  */
 export const LogoutResponseSchema: GenMessage<LogoutResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 8);
+  messageDesc(file_cadenza_account_v1_account, 9);
 
 /**
  * Used in `GetSecondFactor`.
@@ -235,7 +285,7 @@ export type GetSecondFactorRequest = Message<"cadenza.account.v1.GetSecondFactor
  * Use `create(GetSecondFactorRequestSchema)` to create a new message.
  */
 export const GetSecondFactorRequestSchema: GenMessage<GetSecondFactorRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 9);
+  messageDesc(file_cadenza_account_v1_account, 10);
 
 /**
  * The answer of `GetSecondFactor`.
@@ -277,7 +327,7 @@ export type GetSecondFactorResponse = Message<"cadenza.account.v1.GetSecondFacto
  * Use `create(GetSecondFactorResponseSchema)` to create a new message.
  */
 export const GetSecondFactorResponseSchema: GenMessage<GetSecondFactorResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 10);
+  messageDesc(file_cadenza_account_v1_account, 11);
 
 /**
  * Used in `BeginTotpEnrollment`.
@@ -292,7 +342,7 @@ export type BeginTotpEnrollmentRequest = Message<"cadenza.account.v1.BeginTotpEn
  * Use `create(BeginTotpEnrollmentRequestSchema)` to create a new message.
  */
 export const BeginTotpEnrollmentRequestSchema: GenMessage<BeginTotpEnrollmentRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 11);
+  messageDesc(file_cadenza_account_v1_account, 12);
 
 /**
  * The answer of `BeginTotpEnrollment`: the same secret three ways.
@@ -327,7 +377,7 @@ export type BeginTotpEnrollmentResponse = Message<"cadenza.account.v1.BeginTotpE
  * Use `create(BeginTotpEnrollmentResponseSchema)` to create a new message.
  */
 export const BeginTotpEnrollmentResponseSchema: GenMessage<BeginTotpEnrollmentResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 12);
+  messageDesc(file_cadenza_account_v1_account, 13);
 
 /**
  * Used in `ConfirmTotpEnrollment`.
@@ -348,7 +398,7 @@ export type ConfirmTotpEnrollmentRequest = Message<"cadenza.account.v1.ConfirmTo
  * Use `create(ConfirmTotpEnrollmentRequestSchema)` to create a new message.
  */
 export const ConfirmTotpEnrollmentRequestSchema: GenMessage<ConfirmTotpEnrollmentRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 13);
+  messageDesc(file_cadenza_account_v1_account, 14);
 
 /**
  * The answer of `ConfirmTotpEnrollment`.
@@ -370,7 +420,7 @@ export type ConfirmTotpEnrollmentResponse = Message<"cadenza.account.v1.ConfirmT
  * Use `create(ConfirmTotpEnrollmentResponseSchema)` to create a new message.
  */
 export const ConfirmTotpEnrollmentResponseSchema: GenMessage<ConfirmTotpEnrollmentResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 14);
+  messageDesc(file_cadenza_account_v1_account, 15);
 
 /**
  * Used in `RegenerateRecoveryCodes`.
@@ -391,7 +441,7 @@ export type RegenerateRecoveryCodesRequest = Message<"cadenza.account.v1.Regener
  * Use `create(RegenerateRecoveryCodesRequestSchema)` to create a new message.
  */
 export const RegenerateRecoveryCodesRequestSchema: GenMessage<RegenerateRecoveryCodesRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 15);
+  messageDesc(file_cadenza_account_v1_account, 16);
 
 /**
  * The answer of `RegenerateRecoveryCodes`.
@@ -412,7 +462,7 @@ export type RegenerateRecoveryCodesResponse = Message<"cadenza.account.v1.Regene
  * Use `create(RegenerateRecoveryCodesResponseSchema)` to create a new message.
  */
 export const RegenerateRecoveryCodesResponseSchema: GenMessage<RegenerateRecoveryCodesResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 16);
+  messageDesc(file_cadenza_account_v1_account, 17);
 
 /**
  * Used in `DisableTotp`.
@@ -440,7 +490,7 @@ export type DisableTotpRequest = Message<"cadenza.account.v1.DisableTotpRequest"
  * Use `create(DisableTotpRequestSchema)` to create a new message.
  */
 export const DisableTotpRequestSchema: GenMessage<DisableTotpRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 17);
+  messageDesc(file_cadenza_account_v1_account, 18);
 
 /**
  * The answer of `DisableTotp`.
@@ -455,11 +505,175 @@ export type DisableTotpResponse = Message<"cadenza.account.v1.DisableTotpRespons
  * Use `create(DisableTotpResponseSchema)` to create a new message.
  */
 export const DisableTotpResponseSchema: GenMessage<DisableTotpResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_account_v1_account, 18);
+  messageDesc(file_cadenza_account_v1_account, 19);
 
 /**
- * A user's own sessions (what Harmony's protocol issue #89 asks for) and
- * second factor.
+ * Used in `BeginPasskeyRegistration`.
+ *
+ * @generated from message cadenza.account.v1.BeginPasskeyRegistrationRequest
+ */
+export type BeginPasskeyRegistrationRequest = Message<"cadenza.account.v1.BeginPasskeyRegistrationRequest"> & {
+  /**
+   * The account's password: adding a way to sign in needs more than a session.
+   *
+   * @generated from field: string password = 1;
+   */
+  password: string;
+};
+
+/**
+ * Describes the message cadenza.account.v1.BeginPasskeyRegistrationRequest.
+ * Use `create(BeginPasskeyRegistrationRequestSchema)` to create a new message.
+ */
+export const BeginPasskeyRegistrationRequestSchema: GenMessage<BeginPasskeyRegistrationRequest> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 20);
+
+/**
+ * The answer of `BeginPasskeyRegistration`.
+ *
+ * @generated from message cadenza.account.v1.BeginPasskeyRegistrationResponse
+ */
+export type BeginPasskeyRegistrationResponse = Message<"cadenza.account.v1.BeginPasskeyRegistrationResponse"> & {
+  /**
+   * PublicKeyCredentialCreationOptionsJSON (WebAuthn Level 3), for the browser.
+   *
+   * @generated from field: string options_json = 1;
+   */
+  optionsJson: string;
+};
+
+/**
+ * Describes the message cadenza.account.v1.BeginPasskeyRegistrationResponse.
+ * Use `create(BeginPasskeyRegistrationResponseSchema)` to create a new message.
+ */
+export const BeginPasskeyRegistrationResponseSchema: GenMessage<BeginPasskeyRegistrationResponse> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 21);
+
+/**
+ * Used in `FinishPasskeyRegistration`.
+ *
+ * @generated from message cadenza.account.v1.FinishPasskeyRegistrationRequest
+ */
+export type FinishPasskeyRegistrationRequest = Message<"cadenza.account.v1.FinishPasskeyRegistrationRequest"> & {
+  /**
+   * The browser's new credential as RegistrationResponseJSON
+   * (PublicKeyCredential.toJSON(), or what startRegistration answers).
+   *
+   * @generated from field: string response_json = 1;
+   */
+  responseJson: string;
+
+  /**
+   * A name for the user to tell it by (at most 64 characters); empty: "Passkey".
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+};
+
+/**
+ * Describes the message cadenza.account.v1.FinishPasskeyRegistrationRequest.
+ * Use `create(FinishPasskeyRegistrationRequestSchema)` to create a new message.
+ */
+export const FinishPasskeyRegistrationRequestSchema: GenMessage<FinishPasskeyRegistrationRequest> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 22);
+
+/**
+ * The answer of `FinishPasskeyRegistration`.
+ *
+ * @generated from message cadenza.account.v1.FinishPasskeyRegistrationResponse
+ */
+export type FinishPasskeyRegistrationResponse = Message<"cadenza.account.v1.FinishPasskeyRegistrationResponse"> & {
+  /**
+   * The passkey, now able to sign in.
+   *
+   * @generated from field: cadenza.account.v1.Passkey passkey = 1;
+   */
+  passkey?: Passkey | undefined;
+};
+
+/**
+ * Describes the message cadenza.account.v1.FinishPasskeyRegistrationResponse.
+ * Use `create(FinishPasskeyRegistrationResponseSchema)` to create a new message.
+ */
+export const FinishPasskeyRegistrationResponseSchema: GenMessage<FinishPasskeyRegistrationResponse> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 23);
+
+/**
+ * Used in `ListPasskeys`.
+ *
+ * @generated from message cadenza.account.v1.ListPasskeysRequest
+ */
+export type ListPasskeysRequest = Message<"cadenza.account.v1.ListPasskeysRequest"> & {
+};
+
+/**
+ * Describes the message cadenza.account.v1.ListPasskeysRequest.
+ * Use `create(ListPasskeysRequestSchema)` to create a new message.
+ */
+export const ListPasskeysRequestSchema: GenMessage<ListPasskeysRequest> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 24);
+
+/**
+ * The answer of `ListPasskeys`.
+ *
+ * @generated from message cadenza.account.v1.ListPasskeysResponse
+ */
+export type ListPasskeysResponse = Message<"cadenza.account.v1.ListPasskeysResponse"> & {
+  /**
+   * The caller's passkeys, newest first.
+   *
+   * @generated from field: repeated cadenza.account.v1.Passkey passkeys = 1;
+   */
+  passkeys: Passkey[];
+};
+
+/**
+ * Describes the message cadenza.account.v1.ListPasskeysResponse.
+ * Use `create(ListPasskeysResponseSchema)` to create a new message.
+ */
+export const ListPasskeysResponseSchema: GenMessage<ListPasskeysResponse> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 25);
+
+/**
+ * Used in `DeletePasskey`.
+ *
+ * @generated from message cadenza.account.v1.DeletePasskeyRequest
+ */
+export type DeletePasskeyRequest = Message<"cadenza.account.v1.DeletePasskeyRequest"> & {
+  /**
+   * The passkey to remove, as ListPasskeys names it.
+   *
+   * @generated from field: string passkey_id = 1;
+   */
+  passkeyId: string;
+};
+
+/**
+ * Describes the message cadenza.account.v1.DeletePasskeyRequest.
+ * Use `create(DeletePasskeyRequestSchema)` to create a new message.
+ */
+export const DeletePasskeyRequestSchema: GenMessage<DeletePasskeyRequest> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 26);
+
+/**
+ * The answer of `DeletePasskey`.
+ *
+ * @generated from message cadenza.account.v1.DeletePasskeyResponse
+ */
+export type DeletePasskeyResponse = Message<"cadenza.account.v1.DeletePasskeyResponse"> & {
+};
+
+/**
+ * Describes the message cadenza.account.v1.DeletePasskeyResponse.
+ * Use `create(DeletePasskeyResponseSchema)` to create a new message.
+ */
+export const DeletePasskeyResponseSchema: GenMessage<DeletePasskeyResponse> = /*@__PURE__*/
+  messageDesc(file_cadenza_account_v1_account, 27);
+
+/**
+ * A user's own sessions (what Harmony's protocol issue #89 asks for), second
+ * factor and passkeys.
  *
  * @generated from service cadenza.account.v1.AccountService
  */
@@ -558,6 +772,51 @@ export const AccountService: GenService<{
     methodKind: "unary";
     input: typeof DisableTotpRequestSchema;
     output: typeof DisableTotpResponseSchema;
+  },
+  /**
+   * Starts adding a passkey: checks the password (on the login throttle),
+   * then answers the WebAuthn creation options for the browser
+   * (`navigator.credentials.create`, or @simplewebauthn/browser's
+   * startRegistration), with a challenge bound to this session for five
+   * minutes. Beginning again replaces it.
+   *
+   * @generated from rpc cadenza.account.v1.AccountService.BeginPasskeyRegistration
+   */
+  beginPasskeyRegistration: {
+    methodKind: "unary";
+    input: typeof BeginPasskeyRegistrationRequestSchema;
+    output: typeof BeginPasskeyRegistrationResponseSchema;
+  },
+  /**
+   * Finishes adding a passkey with the browser's new credential; the
+   * challenge is used up whether it verifies or not.
+   *
+   * @generated from rpc cadenza.account.v1.AccountService.FinishPasskeyRegistration
+   */
+  finishPasskeyRegistration: {
+    methodKind: "unary";
+    input: typeof FinishPasskeyRegistrationRequestSchema;
+    output: typeof FinishPasskeyRegistrationResponseSchema;
+  },
+  /**
+   * The caller's passkeys, newest first.
+   *
+   * @generated from rpc cadenza.account.v1.AccountService.ListPasskeys
+   */
+  listPasskeys: {
+    methodKind: "unary";
+    input: typeof ListPasskeysRequestSchema;
+    output: typeof ListPasskeysResponseSchema;
+  },
+  /**
+   * Removes one of the caller's passkeys: it no longer signs in.
+   *
+   * @generated from rpc cadenza.account.v1.AccountService.DeletePasskey
+   */
+  deletePasskey: {
+    methodKind: "unary";
+    input: typeof DeletePasskeyRequestSchema;
+    output: typeof DeletePasskeyResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_cadenza_account_v1_account, 0);

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file cadenza/admin/v1/admin.proto.
  */
 export const file_cadenza_admin_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("ChxjYWRlbnphL2FkbWluL3YxL2FkbWluLnByb3RvEhBjYWRlbnphLmFkbWluLnYxIvMBCgRVc2VyEg8KB3VzZXJfaWQYASABKAQSEAoIdXNlcm5hbWUYAiABKAkSDQoFZW1haWwYAyABKAkSEgoKaG9tZXNlcnZlchgEIAEoCRIXCg9mb3JlaWduX3VzZXJfaWQYBSABKAQSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZGlzYWJsZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDXNlc3Npb25fY291bnQYCCABKA0SFAoMdG90cF9lbmFibGVkGAkgASgIIkgKEExpc3RVc2Vyc1JlcXVlc3QSDQoFcXVlcnkYASABKAkSEQoJcGFnZV9zaXplGAIgASgNEhIKCnBhZ2VfdG9rZW4YAyABKAkiUwoRTGlzdFVzZXJzUmVzcG9uc2USJQoFdXNlcnMYASADKAsyFi5jYWRlbnphLmFkbWluLnYxLlVzZXISFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIj8KDkdldFVzZXJSZXF1ZXN0EhEKB3VzZXJfaWQYASABKARIABISCgh1c2VybmFtZRgCIAEoCUgAQgYKBHVzZXIiNwoPR2V0VXNlclJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYWRlbnphLmFkbWluLnYxLlVzZXIiJQoSRGlzYWJsZVVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAQiOwoTRGlzYWJsZVVzZXJSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYuY2FkZW56YS5hZG1pbi52MS5Vc2VyIiQKEUVuYWJsZVVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAQiOgoSRW5hYmxlVXNlclJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYWRlbnphLmFkbWluLnYxLlVzZXIiJAoRRGVsZXRlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoBCIUChJEZWxldGVVc2VyUmVzcG9uc2UiJQoSRGlzYWJsZVRvdHBSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAQiOwoTRGlzYWJsZVRvdHBSZXNwb25zZRIkCgR1c2VyGAEgASgLMhYuY2FkZW56YS5hZG1pbi52MS5Vc2VyIjYKEVJlbmFtZVVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAQSEAoIdXNlcm5hbWUYAiABKAkiOgoSUmVuYW1lVXNlclJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYWRlbnphLmFkbWluLnYxLlVzZXIi2wEKB1Nlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIuCgpjcmVhdGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxsYXN0X3VzZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmNsaWVudF9hZGRyZXNzGAUgASgJEhIKCnVzZXJfYWdlbnQYBiABKAkiJgoTTGlzdFNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgEIkMKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEisKCHNlc3Npb25zGAEgAygLMhkuY2FkZW56YS5hZG1pbi52MS5TZXNzaW9uIj0KFVJldm9rZVNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgEEhMKC3Nlc3Npb25faWRzGAIgAygJIi0KFlJldm9rZVNlc3Npb25zUmVzcG9uc2USEwoLc2Vzc2lvbl9pZHMYASADKAki2QEKBkludml0ZRIRCglpbnZpdGVfaWQYASABKAkSDAoEbm90ZRgCIAEoCRIQCghtYXhfdXNlcxgDIAEoDRIMCgR1c2VzGAQgASgNEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlAKE0NyZWF0ZUludml0ZVJlcXVlc3QSEAoIbWF4X3VzZXMYASABKA0SGQoRdmFsaWRfZm9yX3NlY29uZHMYAiABKAQSDAoEbm90ZRgDIAEoCSJOChRDcmVhdGVJbnZpdGVSZXNwb25zZRIoCgZpbnZpdGUYASABKAsyGC5jYWRlbnphLmFkbWluLnYxLkludml0ZRIMCgRjb2RlGAIgASgJIi4KEkxpc3RJbnZpdGVzUmVxdWVzdBIYChBpbmNsdWRlX2luYWN0aXZlGAEgASgIIkAKE0xpc3RJbnZpdGVzUmVzcG9uc2USKQoHaW52aXRlcxgBIAMoCzIYLmNhZGVuemEuYWRtaW4udjEuSW52aXRlIigKE1Jldm9rZUludml0ZVJlcXVlc3QSEQoJaW52aXRlX2lkGAEgASgJIkAKFFJldm9rZUludml0ZVJlc3BvbnNlEigKBmludml0ZRgBIAEoCzIYLmNhZGVuemEuYWRtaW4udjEuSW52aXRlIhUKE0dldFNlcnZlcktleVJlcXVlc3QicgoJU2VydmVyS2V5Eg4KBmtleV9pZBgBIAEoDRISCgpwdWJsaWNfa2V5GAIgASgMEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWVuY3J5cHRlZBgEIAEoCCJAChRHZXRTZXJ2ZXJLZXlSZXNwb25zZRIoCgNrZXkYASABKAsyGy5jYWRlbnphLmFkbWluLnYxLlNlcnZlcktleSIYChZSb3RhdGVTZXJ2ZXJLZXlSZXF1ZXN0IkMKF1JvdGF0ZVNlcnZlcktleVJlc3BvbnNlEigKA2tleRgBIAEoCzIbLmNhZGVuemEuYWRtaW4udjEuU2VydmVyS2V5MpwKCgxBZG1pblNlcnZpY2USVAoJTGlzdFVzZXJzEiIuY2FkZW56YS5hZG1pbi52MS5MaXN0VXNlcnNSZXF1ZXN0GiMuY2FkZW56YS5hZG1pbi52MS5MaXN0VXNlcnNSZXNwb25zZRJOCgdHZXRVc2VyEiAuY2FkZW56YS5hZG1pbi52MS5HZXRVc2VyUmVxdWVzdBohLmNhZGVuemEuYWRtaW4udjEuR2V0VXNlclJlc3BvbnNlEloKC0Rpc2FibGVVc2VyEiQuY2FkZW56YS5hZG1pbi52MS5EaXNhYmxlVXNlclJlcXVlc3QaJS5jYWRlbnphLmFkbWluLnYxLkRpc2FibGVVc2VyUmVzcG9uc2USVwoKRW5hYmxlVXNlchIjLmNhZGVuemEuYWRtaW4udjEuRW5hYmxlVXNlclJlcXVlc3QaJC5jYWRlbnphLmFkbWluLnYxLkVuYWJsZVVzZXJSZXNwb25zZRJXCgpEZWxldGVVc2VyEiMuY2FkZW56YS5hZG1pbi52MS5EZWxldGVVc2VyUmVxdWVzdBokLmNhZGVuemEuYWRtaW4udjEuRGVsZXRlVXNlclJlc3BvbnNlEloKC0Rpc2FibGVUb3RwEiQuY2FkZW56YS5hZG1pbi52MS5EaXNhYmxlVG90cFJlcXVlc3QaJS5jYWRlbnphLmFkbWluLnYxLkRpc2FibGVUb3RwUmVzcG9uc2USVwoKUmVuYW1lVXNlchIjLmNhZGVuemEuYWRtaW4udjEuUmVuYW1lVXNlclJlcXVlc3QaJC5jYWRlbnphLmFkbWluLnYxLlJlbmFtZVVzZXJSZXNwb25zZRJdCgxMaXN0U2Vzc2lvbnMSJS5jYWRlbnphLmFkbWluLnYxLkxpc3RTZXNzaW9uc1JlcXVlc3QaJi5jYWRlbnphLmFkbWluLnYxLkxpc3RTZXNzaW9uc1Jlc3BvbnNlEmMKDlJldm9rZVNlc3Npb25zEicuY2FkZW56YS5hZG1pbi52MS5SZXZva2VTZXNzaW9uc1JlcXVlc3QaKC5jYWRlbnphLmFkbWluLnYxLlJldm9rZVNlc3Npb25zUmVzcG9uc2USXQoMQ3JlYXRlSW52aXRlEiUuY2FkZW56YS5hZG1pbi52MS5DcmVhdGVJbnZpdGVSZXF1ZXN0GiYuY2FkZW56YS5hZG1pbi52MS5DcmVhdGVJbnZpdGVSZXNwb25zZRJaCgtMaXN0SW52aXRlcxIkLmNhZGVuemEuYWRtaW4udjEuTGlzdEludml0ZXNSZXF1ZXN0GiUuY2FkZW56YS5hZG1pbi52MS5MaXN0SW52aXRlc1Jlc3BvbnNlEl0KDFJldm9rZUludml0ZRIlLmNhZGVuemEuYWRtaW4udjEuUmV2b2tlSW52aXRlUmVxdWVzdBomLmNhZGVuemEuYWRtaW4udjEuUmV2b2tlSW52aXRlUmVzcG9uc2USXQoMR2V0U2VydmVyS2V5EiUuY2FkZW56YS5hZG1pbi52MS5HZXRTZXJ2ZXJLZXlSZXF1ZXN0GiYuY2FkZW56YS5hZG1pbi52MS5HZXRTZXJ2ZXJLZXlSZXNwb25zZRJmCg9Sb3RhdGVTZXJ2ZXJLZXkSKC5jYWRlbnphLmFkbWluLnYxLlJvdGF0ZVNlcnZlcktleVJlcXVlc3QaKS5jYWRlbnphLmFkbWluLnYxLlJvdGF0ZVNlcnZlcktleVJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChxjYWRlbnphL2FkbWluL3YxL2FkbWluLnByb3RvEhBjYWRlbnphLmFkbWluLnYxIooCCgRVc2VyEg8KB3VzZXJfaWQYASABKAQSEAoIdXNlcm5hbWUYAiABKAkSDQoFZW1haWwYAyABKAkSEgoKaG9tZXNlcnZlchgEIAEoCRIXCg9mb3JlaWduX3VzZXJfaWQYBSABKAQSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLwoLZGlzYWJsZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhUKDXNlc3Npb25fY291bnQYCCABKA0SFAoMdG90cF9lbmFibGVkGAkgASgIEhUKDXBhc3NrZXlfY291bnQYCiABKA0iSAoQTGlzdFVzZXJzUmVxdWVzdBINCgVxdWVyeRgBIAEoCRIRCglwYWdlX3NpemUYAiABKA0SEgoKcGFnZV90b2tlbhgDIAEoCSJTChFMaXN0VXNlcnNSZXNwb25zZRIlCgV1c2VycxgBIAMoCzIWLmNhZGVuemEuYWRtaW4udjEuVXNlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiPwoOR2V0VXNlclJlcXVlc3QSEQoHdXNlcl9pZBgBIAEoBEgAEhIKCHVzZXJuYW1lGAIgASgJSABCBgoEdXNlciI3Cg9HZXRVc2VyUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLmNhZGVuemEuYWRtaW4udjEuVXNlciIlChJEaXNhYmxlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoBCI7ChNEaXNhYmxlVXNlclJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYWRlbnphLmFkbWluLnYxLlVzZXIiJAoRRW5hYmxlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoBCI6ChJFbmFibGVVc2VyUmVzcG9uc2USJAoEdXNlchgBIAEoCzIWLmNhZGVuemEuYWRtaW4udjEuVXNlciIkChFEZWxldGVVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgEIhQKEkRlbGV0ZVVzZXJSZXNwb25zZSIlChJEaXNhYmxlVG90cFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoBCI7ChNEaXNhYmxlVG90cFJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYWRlbnphLmFkbWluLnYxLlVzZXIioAEKB1Bhc3NrZXkSEgoKcGFzc2tleV9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjAKDGxhc3RfdXNlZF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJYmFja2VkX3VwGAUgASgIIiYKE0xpc3RQYXNza2V5c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoBCJDChRMaXN0UGFzc2tleXNSZXNwb25zZRIrCghwYXNza2V5cxgBIAMoCzIZLmNhZGVuemEuYWRtaW4udjEuUGFzc2tleSI9ChVEZWxldGVQYXNza2V5c1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoBBITCgtwYXNza2V5X2lkcxgCIAMoCSItChZEZWxldGVQYXNza2V5c1Jlc3BvbnNlEhMKC3Bhc3NrZXlfaWRzGAEgAygJIjYKEVJlbmFtZVVzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAQSEAoIdXNlcm5hbWUYAiABKAkiOgoSUmVuYW1lVXNlclJlc3BvbnNlEiQKBHVzZXIYASABKAsyFi5jYWRlbnphLmFkbWluLnYxLlVzZXIi2wEKB1Nlc3Npb24SEgoKc2Vzc2lvbl9pZBgBIAEoCRIuCgpjcmVhdGVkX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIwCgxsYXN0X3VzZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmNsaWVudF9hZGRyZXNzGAUgASgJEhIKCnVzZXJfYWdlbnQYBiABKAkiJgoTTGlzdFNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgEIkMKFExpc3RTZXNzaW9uc1Jlc3BvbnNlEisKCHNlc3Npb25zGAEgAygLMhkuY2FkZW56YS5hZG1pbi52MS5TZXNzaW9uIj0KFVJldm9rZVNlc3Npb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgEEhMKC3Nlc3Npb25faWRzGAIgAygJIi0KFlJldm9rZVNlc3Npb25zUmVzcG9uc2USEwoLc2Vzc2lvbl9pZHMYASADKAki2QEKBkludml0ZRIRCglpbnZpdGVfaWQYASABKAkSDAoEbm90ZRgCIAEoCRIQCghtYXhfdXNlcxgDIAEoDRIMCgR1c2VzGAQgASgNEi4KCmNyZWF0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCmV4cGlyZXNfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnJldm9rZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlAKE0NyZWF0ZUludml0ZVJlcXVlc3QSEAoIbWF4X3VzZXMYASABKA0SGQoRdmFsaWRfZm9yX3NlY29uZHMYAiABKAQSDAoEbm90ZRgDIAEoCSJOChRDcmVhdGVJbnZpdGVSZXNwb25zZRIoCgZpbnZpdGUYASABKAsyGC5jYWRlbnphLmFkbWluLnYxLkludml0ZRIMCgRjb2RlGAIgASgJIi4KEkxpc3RJbnZpdGVzUmVxdWVzdBIYChBpbmNsdWRlX2luYWN0aXZlGAEgASgIIkAKE0xpc3RJbnZpdGVzUmVzcG9uc2USKQoHaW52aXRlcxgBIAMoCzIYLmNhZGVuemEuYWRtaW4udjEuSW52aXRlIigKE1Jldm9rZUludml0ZVJlcXVlc3QSEQoJaW52aXRlX2lkGAEgASgJIkAKFFJldm9rZUludml0ZVJlc3BvbnNlEigKBmludml0ZRgBIAEoCzIYLmNhZGVuemEuYWRtaW4udjEuSW52aXRlIhUKE0dldFNlcnZlcktleVJlcXVlc3QicgoJU2VydmVyS2V5Eg4KBmtleV9pZBgBIAEoDRISCgpwdWJsaWNfa2V5GAIgASgMEi4KCmNyZWF0ZWRfYXQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCWVuY3J5cHRlZBgEIAEoCCJAChRHZXRTZXJ2ZXJLZXlSZXNwb25zZRIoCgNrZXkYASABKAsyGy5jYWRlbnphLmFkbWluLnYxLlNlcnZlcktleSIYChZSb3RhdGVTZXJ2ZXJLZXlSZXF1ZXN0IkMKF1JvdGF0ZVNlcnZlcktleVJlc3BvbnNlEigKA2tleRgBIAEoCzIbLmNhZGVuemEuYWRtaW4udjEuU2VydmVyS2V5MuALCgxBZG1pblNlcnZpY2USVAoJTGlzdFVzZXJzEiIuY2FkZW56YS5hZG1pbi52MS5MaXN0VXNlcnNSZXF1ZXN0GiMuY2FkZW56YS5hZG1pbi52MS5MaXN0VXNlcnNSZXNwb25zZRJOCgdHZXRVc2VyEiAuY2FkZW56YS5hZG1pbi52MS5HZXRVc2VyUmVxdWVzdBohLmNhZGVuemEuYWRtaW4udjEuR2V0VXNlclJlc3BvbnNlEloKC0Rpc2FibGVVc2VyEiQuY2FkZW56YS5hZG1pbi52MS5EaXNhYmxlVXNlclJlcXVlc3QaJS5jYWRlbnphLmFkbWluLnYxLkRpc2FibGVVc2VyUmVzcG9uc2USVwoKRW5hYmxlVXNlchIjLmNhZGVuemEuYWRtaW4udjEuRW5hYmxlVXNlclJlcXVlc3QaJC5jYWRlbnphLmFkbWluLnYxLkVuYWJsZVVzZXJSZXNwb25zZRJXCgpEZWxldGVVc2VyEiMuY2FkZW56YS5hZG1pbi52MS5EZWxldGVVc2VyUmVxdWVzdBokLmNhZGVuemEuYWRtaW4udjEuRGVsZXRlVXNlclJlc3BvbnNlEloKC0Rpc2FibGVUb3RwEiQuY2FkZW56YS5hZG1pbi52MS5EaXNhYmxlVG90cFJlcXVlc3QaJS5jYWRlbnphLmFkbWluLnYxLkRpc2FibGVUb3RwUmVzcG9uc2USXQoMTGlzdFBhc3NrZXlzEiUuY2FkZW56YS5hZG1pbi52MS5MaXN0UGFzc2tleXNSZXF1ZXN0GiYuY2FkZW56YS5hZG1pbi52MS5MaXN0UGFzc2tleXNSZXNwb25zZRJjCg5EZWxldGVQYXNza2V5cxInLmNhZGVuemEuYWRtaW4udjEuRGVsZXRlUGFzc2tleXNSZXF1ZXN0GiguY2FkZW56YS5hZG1pbi52MS5EZWxldGVQYXNza2V5c1Jlc3BvbnNlElcKClJlbmFtZVVzZXISIy5jYWRlbnphLmFkbWluLnYxLlJlbmFtZVVzZXJSZXF1ZXN0GiQuY2FkZW56YS5hZG1pbi52MS5SZW5hbWVVc2VyUmVzcG9uc2USXQoMTGlzdFNlc3Npb25zEiUuY2FkZW56YS5hZG1pbi52MS5MaXN0U2Vzc2lvbnNSZXF1ZXN0GiYuY2FkZW56YS5hZG1pbi52MS5MaXN0U2Vzc2lvbnNSZXNwb25zZRJjCg5SZXZva2VTZXNzaW9ucxInLmNhZGVuemEuYWRtaW4udjEuUmV2b2tlU2Vzc2lvbnNSZXF1ZXN0GiguY2FkZW56YS5hZG1pbi52MS5SZXZva2VTZXNzaW9uc1Jlc3BvbnNlEl0KDENyZWF0ZUludml0ZRIlLmNhZGVuemEuYWRtaW4udjEuQ3JlYXRlSW52aXRlUmVxdWVzdBomLmNhZGVuemEuYWRtaW4udjEuQ3JlYXRlSW52aXRlUmVzcG9uc2USWgoLTGlzdEludml0ZXMSJC5jYWRlbnphLmFkbWluLnYxLkxpc3RJbnZpdGVzUmVxdWVzdBolLmNhZGVuemEuYWRtaW4udjEuTGlzdEludml0ZXNSZXNwb25zZRJdCgxSZXZva2VJbnZpdGUSJS5jYWRlbnphLmFkbWluLnYxLlJldm9rZUludml0ZVJlcXVlc3QaJi5jYWRlbnphLmFkbWluLnYxLlJldm9rZUludml0ZVJlc3BvbnNlEl0KDEdldFNlcnZlcktleRIlLmNhZGVuemEuYWRtaW4udjEuR2V0U2VydmVyS2V5UmVxdWVzdBomLmNhZGVuemEuYWRtaW4udjEuR2V0U2VydmVyS2V5UmVzcG9uc2USZgoPUm90YXRlU2VydmVyS2V5EiguY2FkZW56YS5hZG1pbi52MS5Sb3RhdGVTZXJ2ZXJLZXlSZXF1ZXN0GikuY2FkZW56YS5hZG1pbi52MS5Sb3RhdGVTZXJ2ZXJLZXlSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * A user as an operator sees them.
@@ -87,6 +87,13 @@ export type User = Message<"cadenza.admin.v1.User"> & {
    * @generated from field: bool totp_enabled = 9;
    */
   totpEnabled: boolean;
+
+  /**
+   * How many passkeys the user has.
+   *
+   * @generated from field: uint32 passkey_count = 10;
+   */
+  passkeyCount: number;
 };
 
 /**
@@ -380,6 +387,146 @@ export const DisableTotpResponseSchema: GenMessage<DisableTotpResponse> = /*@__P
   messageDesc(file_cadenza_admin_v1_admin, 12);
 
 /**
+ * A user's passkey, as an operator sees it (never its key).
+ *
+ * @generated from message cadenza.admin.v1.Passkey
+ */
+export type Passkey = Message<"cadenza.admin.v1.Passkey"> & {
+  /**
+   * The credential ID, base64url.
+   *
+   * @generated from field: string passkey_id = 1;
+   */
+  passkeyId: string;
+
+  /**
+   * The name the user gave it.
+   *
+   * @generated from field: string name = 2;
+   */
+  name: string;
+
+  /**
+   * When it was added.
+   *
+   * @generated from field: google.protobuf.Timestamp created_at = 3;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * When it last signed in; unset if it never did.
+   *
+   * @generated from field: google.protobuf.Timestamp last_used_at = 4;
+   */
+  lastUsedAt?: Timestamp | undefined;
+
+  /**
+   * Whether the authenticator syncs it beyond one device.
+   *
+   * @generated from field: bool backed_up = 5;
+   */
+  backedUp: boolean;
+};
+
+/**
+ * Describes the message cadenza.admin.v1.Passkey.
+ * Use `create(PasskeySchema)` to create a new message.
+ */
+export const PasskeySchema: GenMessage<Passkey> = /*@__PURE__*/
+  messageDesc(file_cadenza_admin_v1_admin, 13);
+
+/**
+ * Used in `ListPasskeys`.
+ *
+ * @generated from message cadenza.admin.v1.ListPasskeysRequest
+ */
+export type ListPasskeysRequest = Message<"cadenza.admin.v1.ListPasskeysRequest"> & {
+  /**
+   * Whose passkeys.
+   *
+   * @generated from field: uint64 user_id = 1;
+   */
+  userId: bigint;
+};
+
+/**
+ * Describes the message cadenza.admin.v1.ListPasskeysRequest.
+ * Use `create(ListPasskeysRequestSchema)` to create a new message.
+ */
+export const ListPasskeysRequestSchema: GenMessage<ListPasskeysRequest> = /*@__PURE__*/
+  messageDesc(file_cadenza_admin_v1_admin, 14);
+
+/**
+ * The answer of `ListPasskeys`.
+ *
+ * @generated from message cadenza.admin.v1.ListPasskeysResponse
+ */
+export type ListPasskeysResponse = Message<"cadenza.admin.v1.ListPasskeysResponse"> & {
+  /**
+   * The user's passkeys, newest first.
+   *
+   * @generated from field: repeated cadenza.admin.v1.Passkey passkeys = 1;
+   */
+  passkeys: Passkey[];
+};
+
+/**
+ * Describes the message cadenza.admin.v1.ListPasskeysResponse.
+ * Use `create(ListPasskeysResponseSchema)` to create a new message.
+ */
+export const ListPasskeysResponseSchema: GenMessage<ListPasskeysResponse> = /*@__PURE__*/
+  messageDesc(file_cadenza_admin_v1_admin, 15);
+
+/**
+ * Used in `DeletePasskeys`.
+ *
+ * @generated from message cadenza.admin.v1.DeletePasskeysRequest
+ */
+export type DeletePasskeysRequest = Message<"cadenza.admin.v1.DeletePasskeysRequest"> & {
+  /**
+   * Whose passkeys.
+   *
+   * @generated from field: uint64 user_id = 1;
+   */
+  userId: bigint;
+
+  /**
+   * The passkeys to remove; empty removes them all.
+   *
+   * @generated from field: repeated string passkey_ids = 2;
+   */
+  passkeyIds: string[];
+};
+
+/**
+ * Describes the message cadenza.admin.v1.DeletePasskeysRequest.
+ * Use `create(DeletePasskeysRequestSchema)` to create a new message.
+ */
+export const DeletePasskeysRequestSchema: GenMessage<DeletePasskeysRequest> = /*@__PURE__*/
+  messageDesc(file_cadenza_admin_v1_admin, 16);
+
+/**
+ * The answer of `DeletePasskeys`.
+ *
+ * @generated from message cadenza.admin.v1.DeletePasskeysResponse
+ */
+export type DeletePasskeysResponse = Message<"cadenza.admin.v1.DeletePasskeysResponse"> & {
+  /**
+   * The IDs of the passkeys removed.
+   *
+   * @generated from field: repeated string passkey_ids = 1;
+   */
+  passkeyIds: string[];
+};
+
+/**
+ * Describes the message cadenza.admin.v1.DeletePasskeysResponse.
+ * Use `create(DeletePasskeysResponseSchema)` to create a new message.
+ */
+export const DeletePasskeysResponseSchema: GenMessage<DeletePasskeysResponse> = /*@__PURE__*/
+  messageDesc(file_cadenza_admin_v1_admin, 17);
+
+/**
  * Used in `RenameUser`.
  *
  * @generated from message cadenza.admin.v1.RenameUserRequest
@@ -405,7 +552,7 @@ export type RenameUserRequest = Message<"cadenza.admin.v1.RenameUserRequest"> & 
  * Use `create(RenameUserRequestSchema)` to create a new message.
  */
 export const RenameUserRequestSchema: GenMessage<RenameUserRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 13);
+  messageDesc(file_cadenza_admin_v1_admin, 18);
 
 /**
  * The answer of `RenameUser`.
@@ -426,7 +573,7 @@ export type RenameUserResponse = Message<"cadenza.admin.v1.RenameUserResponse"> 
  * Use `create(RenameUserResponseSchema)` to create a new message.
  */
 export const RenameUserResponseSchema: GenMessage<RenameUserResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 14);
+  messageDesc(file_cadenza_admin_v1_admin, 19);
 
 /**
  * A session as an operator sees it (never its token).
@@ -482,7 +629,7 @@ export type Session = Message<"cadenza.admin.v1.Session"> & {
  * Use `create(SessionSchema)` to create a new message.
  */
 export const SessionSchema: GenMessage<Session> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 15);
+  messageDesc(file_cadenza_admin_v1_admin, 20);
 
 /**
  * Used in `ListSessions`.
@@ -503,7 +650,7 @@ export type ListSessionsRequest = Message<"cadenza.admin.v1.ListSessionsRequest"
  * Use `create(ListSessionsRequestSchema)` to create a new message.
  */
 export const ListSessionsRequestSchema: GenMessage<ListSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 16);
+  messageDesc(file_cadenza_admin_v1_admin, 21);
 
 /**
  * The answer of `ListSessions`.
@@ -524,7 +671,7 @@ export type ListSessionsResponse = Message<"cadenza.admin.v1.ListSessionsRespons
  * Use `create(ListSessionsResponseSchema)` to create a new message.
  */
 export const ListSessionsResponseSchema: GenMessage<ListSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 17);
+  messageDesc(file_cadenza_admin_v1_admin, 22);
 
 /**
  * Used in `RevokeSessions`.
@@ -552,7 +699,7 @@ export type RevokeSessionsRequest = Message<"cadenza.admin.v1.RevokeSessionsRequ
  * Use `create(RevokeSessionsRequestSchema)` to create a new message.
  */
 export const RevokeSessionsRequestSchema: GenMessage<RevokeSessionsRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 18);
+  messageDesc(file_cadenza_admin_v1_admin, 23);
 
 /**
  * The answer of `RevokeSessions`.
@@ -573,7 +720,7 @@ export type RevokeSessionsResponse = Message<"cadenza.admin.v1.RevokeSessionsRes
  * Use `create(RevokeSessionsResponseSchema)` to create a new message.
  */
 export const RevokeSessionsResponseSchema: GenMessage<RevokeSessionsResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 19);
+  messageDesc(file_cadenza_admin_v1_admin, 24);
 
 /**
  * An invite (never its code).
@@ -636,7 +783,7 @@ export type Invite = Message<"cadenza.admin.v1.Invite"> & {
  * Use `create(InviteSchema)` to create a new message.
  */
 export const InviteSchema: GenMessage<Invite> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 20);
+  messageDesc(file_cadenza_admin_v1_admin, 25);
 
 /**
  * Used in `CreateInvite`.
@@ -671,7 +818,7 @@ export type CreateInviteRequest = Message<"cadenza.admin.v1.CreateInviteRequest"
  * Use `create(CreateInviteRequestSchema)` to create a new message.
  */
 export const CreateInviteRequestSchema: GenMessage<CreateInviteRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 21);
+  messageDesc(file_cadenza_admin_v1_admin, 26);
 
 /**
  * The answer of `CreateInvite`.
@@ -699,7 +846,7 @@ export type CreateInviteResponse = Message<"cadenza.admin.v1.CreateInviteRespons
  * Use `create(CreateInviteResponseSchema)` to create a new message.
  */
 export const CreateInviteResponseSchema: GenMessage<CreateInviteResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 22);
+  messageDesc(file_cadenza_admin_v1_admin, 27);
 
 /**
  * Used in `ListInvites`.
@@ -720,7 +867,7 @@ export type ListInvitesRequest = Message<"cadenza.admin.v1.ListInvitesRequest"> 
  * Use `create(ListInvitesRequestSchema)` to create a new message.
  */
 export const ListInvitesRequestSchema: GenMessage<ListInvitesRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 23);
+  messageDesc(file_cadenza_admin_v1_admin, 28);
 
 /**
  * The answer of `ListInvites`.
@@ -741,7 +888,7 @@ export type ListInvitesResponse = Message<"cadenza.admin.v1.ListInvitesResponse"
  * Use `create(ListInvitesResponseSchema)` to create a new message.
  */
 export const ListInvitesResponseSchema: GenMessage<ListInvitesResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 24);
+  messageDesc(file_cadenza_admin_v1_admin, 29);
 
 /**
  * Used in `RevokeInvite`.
@@ -762,7 +909,7 @@ export type RevokeInviteRequest = Message<"cadenza.admin.v1.RevokeInviteRequest"
  * Use `create(RevokeInviteRequestSchema)` to create a new message.
  */
 export const RevokeInviteRequestSchema: GenMessage<RevokeInviteRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 25);
+  messageDesc(file_cadenza_admin_v1_admin, 30);
 
 /**
  * The answer of `RevokeInvite`.
@@ -783,7 +930,7 @@ export type RevokeInviteResponse = Message<"cadenza.admin.v1.RevokeInviteRespons
  * Use `create(RevokeInviteResponseSchema)` to create a new message.
  */
 export const RevokeInviteResponseSchema: GenMessage<RevokeInviteResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 26);
+  messageDesc(file_cadenza_admin_v1_admin, 31);
 
 /**
  * Used in `GetServerKey`.
@@ -798,7 +945,7 @@ export type GetServerKeyRequest = Message<"cadenza.admin.v1.GetServerKeyRequest"
  * Use `create(GetServerKeyRequestSchema)` to create a new message.
  */
 export const GetServerKeyRequestSchema: GenMessage<GetServerKeyRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 27);
+  messageDesc(file_cadenza_admin_v1_admin, 32);
 
 /**
  * The server's key.
@@ -840,7 +987,7 @@ export type ServerKey = Message<"cadenza.admin.v1.ServerKey"> & {
  * Use `create(ServerKeySchema)` to create a new message.
  */
 export const ServerKeySchema: GenMessage<ServerKey> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 28);
+  messageDesc(file_cadenza_admin_v1_admin, 33);
 
 /**
  * The answer of `GetServerKey`.
@@ -861,7 +1008,7 @@ export type GetServerKeyResponse = Message<"cadenza.admin.v1.GetServerKeyRespons
  * Use `create(GetServerKeyResponseSchema)` to create a new message.
  */
 export const GetServerKeyResponseSchema: GenMessage<GetServerKeyResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 29);
+  messageDesc(file_cadenza_admin_v1_admin, 34);
 
 /**
  * Used in `RotateServerKey`.
@@ -876,7 +1023,7 @@ export type RotateServerKeyRequest = Message<"cadenza.admin.v1.RotateServerKeyRe
  * Use `create(RotateServerKeyRequestSchema)` to create a new message.
  */
 export const RotateServerKeyRequestSchema: GenMessage<RotateServerKeyRequest> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 30);
+  messageDesc(file_cadenza_admin_v1_admin, 35);
 
 /**
  * The answer of `RotateServerKey`.
@@ -897,10 +1044,10 @@ export type RotateServerKeyResponse = Message<"cadenza.admin.v1.RotateServerKeyR
  * Use `create(RotateServerKeyResponseSchema)` to create a new message.
  */
 export const RotateServerKeyResponseSchema: GenMessage<RotateServerKeyResponse> = /*@__PURE__*/
-  messageDesc(file_cadenza_admin_v1_admin, 31);
+  messageDesc(file_cadenza_admin_v1_admin, 36);
 
 /**
- * Users, their sessions, invites and the server key.
+ * Users, their sessions, second factors and passkeys, invites and the server key.
  *
  * @generated from service cadenza.admin.v1.AdminService
  */
@@ -966,6 +1113,27 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof DisableTotpRequestSchema;
     output: typeof DisableTotpResponseSchema;
+  },
+  /**
+   * A user's passkeys, newest first.
+   *
+   * @generated from rpc cadenza.admin.v1.AdminService.ListPasskeys
+   */
+  listPasskeys: {
+    methodKind: "unary";
+    input: typeof ListPasskeysRequestSchema;
+    output: typeof ListPasskeysResponseSchema;
+  },
+  /**
+   * Removes some or all of a user's passkeys (a lost or stolen device);
+   * they no longer sign in.
+   *
+   * @generated from rpc cadenza.admin.v1.AdminService.DeletePasskeys
+   */
+  deletePasskeys: {
+    methodKind: "unary";
+    input: typeof DeletePasskeysRequestSchema;
+    output: typeof DeletePasskeysResponseSchema;
   },
   /**
    * Gives a local user a new username (the same rules as at registration).
