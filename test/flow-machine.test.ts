@@ -237,7 +237,7 @@ describe("flow machine", () => {
   });
 
   describe("the second-factor steps", () => {
-    const pending = { userId: 42n, completes: { kind: "login" } } as const;
+    const pending = { userId: 42n, epoch: 0, completes: { kind: "login" } } as const;
     const onCode = awaitSecondFactor(at("initial", "login"), pending);
 
     it("waits on the totp form [code:text], which can go back", () => {

@@ -573,6 +573,48 @@ describe.each(backends)("TOTP and recovery codes on $name", (backend) => {
     );
   });
 
+  it("a reset voids logins and password changes waiting for their code with the old password", async () => {
+    const user = await enrolled();
+    // Whoever knew the old password: a login and a change of password, both at the code step.
+    const pendingLogin = await atCodeStep(user);
+    const { authId: pendingChange } = await app.client.beginAuth({});
+    await app.client.nextStep({ authId: pendingChange });
+    await choose(app.client, pendingChange, "other-options");
+    await choose(app.client, pendingChange, "change-password");
+    expect(
+      titleOf(
+        await submitForm(app.client, pendingChange, [
+          text(user.email),
+          bytes(user.password),
+          bytes("the attacker's password"),
+        ]),
+      ),
+    ).toBe("totp");
+    // The owner resets the password by email.
+    const { authId } = await app.client.beginAuth({});
+    await app.client.nextStep({ authId });
+    await choose(app.client, authId, "other-options");
+    await choose(app.client, authId, "reset-password");
+    await submitForm(app.client, authId, [text(user.email)]);
+    const { code } = await smtp.next(user.email);
+    await submitForm(app.client, authId, [bytes(code ?? ""), bytes("the owner's new password")]);
+    // A right code no longer completes either. (Each try counts on the login
+    // schedule, whose short fuse here is three: wait out each delay.)
+    for (const pending of [pendingLogin, pendingChange]) {
+      await expectRpcError(
+        submitForm(app.client, pending, [text(totp(user.secret))]),
+        Code.FailedPrecondition,
+        "h.password-changed",
+      );
+      app.clock.advance(60_000);
+    }
+    // The owner's new password and a code still log in.
+    const owner = await atCodeStep({ ...user, password: "the owner's new password" });
+    app.clock.advance(60_000);
+    const done = await submitForm(app.client, owner, [text(totp(user.secret))]);
+    expect(done.step?.step.case).toBe("session");
+  });
+
   /** Logs in with the password and the current code (then moves the clock on a step). */
   async function logInWithCode(user: Enrolled, password = user.password) {
     const authId = await atCodeStep({ ...user, password });

@@ -67,6 +67,8 @@ export interface Accounts {
   ): Promise<string>;
   /** Stores a new password hash, inside the caller's transaction. */
   setPassword(q: Queryable, userId: bigint, hash: string): Promise<void>;
+  /** How many times the account's password was set (see UserStore.credentialEpoch). */
+  credentialEpoch(q: Queryable, userId: bigint, lock?: boolean): Promise<number | undefined>;
 }
 
 export type AccountsDeps = {
@@ -160,6 +162,10 @@ export async function createAccounts(deps: AccountsDeps): Promise<Accounts> {
 
     async setPassword(q, userId, hash) {
       await userStore.setPasswordHash(q, userId, hash);
+    },
+
+    credentialEpoch(q, userId, lock) {
+      return userStore.credentialEpoch(q, userId, lock);
     },
 
     async createAccount(q, prepared) {

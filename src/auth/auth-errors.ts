@@ -83,6 +83,13 @@ export const authErrors = {
     message:
       "this code was already used: wait for your authenticator app to show the next one, then enter that",
   },
+  /** cadenza's own: the password was reset or changed after this flow checked it. */
+  passwordChanged: {
+    identifier: "h.password-changed",
+    code: Code.FailedPrecondition,
+    message:
+      "the account's password was changed after you entered it here: go back and log in with the current one",
+  },
   alreadyRegistered: {
     identifier: "h.already-registered",
     code: Code.AlreadyExists,

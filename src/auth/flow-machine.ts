@@ -51,6 +51,8 @@ const secondFactorSteps: ReadonlySet<StepName> = new Set(["totp", "recovery-code
  */
 export interface PendingSecondFactor {
   readonly userId: bigint;
+  /** The account's credential epoch when its password passed: a reset or change since voids it. */
+  readonly epoch: number;
   readonly completes:
     | { readonly kind: "login" }
     /** A change-password, with its new password already hashed (argon2id). */

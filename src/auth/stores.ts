@@ -90,8 +90,13 @@ export interface UserStore {
   insert(q: Queryable, user: NewUser): Promise<InsertUserResult>;
   /** Replaces a password hash, only if it is still `from`. */
   replacePasswordHash(q: Queryable, id: bigint, from: string, to: string): Promise<void>;
-  /** Sets a new password hash (a reset or a change). */
+  /** Sets a new password hash (a reset or a change), moving the credential epoch on. */
   setPasswordHash(q: Queryable, id: bigint, hash: string): Promise<void>;
+  /**
+   * How many times the password was set; with `lock`, the row is locked for
+   * the rest of the transaction, so a concurrent reset waits for it.
+   */
+  credentialEpoch(q: Queryable, id: bigint, lock?: boolean): Promise<number | undefined>;
 }
 
 export interface StoredSession {

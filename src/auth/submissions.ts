@@ -143,6 +143,10 @@ export function createSubmissions(deps: SubmissionsDeps) {
     return step;
   };
 
+  /** The account's credential epoch, which a pending second factor remembers. */
+  const epochOf = async (userId: bigint): Promise<number> =>
+    (await accounts.credentialEpoch(db, userId)) ?? -1;
+
   /** Ends every session of `userId` but `keep`, in `tx`, with its event. */
   const endSessions = async (tx: Queryable, userId: bigint, keep?: string): Promise<string[]> => {
     const ended = await deps.accountStore.deleteSessions(tx, userId, undefined, keep);
@@ -312,6 +316,7 @@ export function createSubmissions(deps: SubmissionsDeps) {
     const hash = await accounts.prepareNewPassword(s.newPassword, owner);
     const pending = {
       userId: verified.userId,
+      epoch: await epochOf(verified.userId),
       completes: { kind: "change-password", passwordHash: hash },
     } as const;
     const asked = await secondFactorStep(c, pending, async () => {});
@@ -360,7 +365,15 @@ export function createSubmissions(deps: SubmissionsDeps) {
       throw err;
     };
     const checked = await deps.secondFactor.check(userId, code).catch(refused);
-    const spend = (tx: Queryable) => deps.secondFactor.spend(tx, userId, checked);
+    const spend = async (tx: Queryable) => {
+      // A reset or change of the password since it was entered here voids the
+      // pending login: whoever knew the old one is shut out even half-way.
+      // The row stays locked to the commit, so a reset cannot slip between.
+      if ((await accounts.credentialEpoch(tx, userId, true)) !== pending.epoch) {
+        throw new HarmonyError(authErrors.passwordChanged);
+      }
+      await deps.secondFactor.spend(tx, userId, checked);
+    };
     const step =
       pending.completes.kind === "change-password"
         ? await completeChangePassword(
@@ -428,7 +441,11 @@ export function createSubmissions(deps: SubmissionsDeps) {
           const { verified, throttleKey } = await login(c, s.email, s.password);
           const asked = await secondFactorStep(
             c,
-            { userId: verified.userId, completes: { kind: "login" } },
+            {
+              userId: verified.userId,
+              epoch: await epochOf(verified.userId),
+              completes: { kind: "login" },
+            },
             (tx) => accounts.finishLogin(tx, verified),
           );
           if (asked) return asked;

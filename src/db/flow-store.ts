@@ -37,13 +37,21 @@ function stateJson(state: FlowState): string {
 const knownFeatures: ReadonlySet<string> = new Set<ClientFeature>(["passkey"]);
 
 function parsePending(value: unknown): PendingSecondFactor {
-  const p = value as { userId?: unknown; completes?: { kind?: unknown; passwordHash?: unknown } };
+  const p = value as {
+    userId?: unknown;
+    epoch?: unknown;
+    completes?: { kind?: unknown; passwordHash?: unknown };
+  };
   const then = p.completes;
+  // A pending login written before epochs were kept matches no account's epoch.
+  const epoch = typeof p.epoch === "number" && Number.isInteger(p.epoch) ? p.epoch : -1;
   if (typeof p.userId === "string" && /^\d{1,20}$/.test(p.userId)) {
-    if (then?.kind === "login") return { userId: BigInt(p.userId), completes: { kind: "login" } };
+    const userId = BigInt(p.userId);
+    if (then?.kind === "login") return { userId, epoch, completes: { kind: "login" } };
     if (then?.kind === "change-password" && typeof then.passwordHash === "string") {
       return {
-        userId: BigInt(p.userId),
+        userId,
+        epoch,
         completes: { kind: "change-password", passwordHash: then.passwordHash },
       };
     }

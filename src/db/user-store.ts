@@ -73,7 +73,19 @@ export function createUserStore(): UserStore {
     },
 
     async setPasswordHash(q, id, hash) {
-      await q.query("UPDATE users SET password_hash = $2 WHERE id = $1", [id, hash]);
+      await q.query(
+        "UPDATE users SET password_hash = $2, credential_epoch = credential_epoch + 1 WHERE id = $1",
+        [id, hash],
+      );
+    },
+
+    async credentialEpoch(q, id, lock = false) {
+      const row = await maybeOne<{ credential_epoch: number }>(
+        q,
+        `SELECT credential_epoch FROM users WHERE id = $1${lock ? " FOR UPDATE" : ""}`,
+        [id],
+      );
+      return row?.credential_epoch;
     },
 
     async replacePasswordHash(q, id, from, to) {
