@@ -63,7 +63,7 @@ export type SubmissionsDeps = {
   readonly accountStore: Pick<AccountAdminStore, "deleteSessions" | "delete">;
   readonly secondFactor: Pick<SecondFactor, "enabled" | "check" | "spend">;
   readonly passkeys: Pick<Passkeys, "verifySignIn" | "recordSignIn">;
-  readonly logger: { error(obj: object, msg: string): void };
+  readonly logger: { error(obj: object, msg: string): void; debug(obj: object, msg: string): void };
 };
 
 /** The audit reason of each way a second-factor code is refused. */
@@ -159,7 +159,8 @@ export function createSubmissions(deps: SubmissionsDeps) {
   /** Sends a code without awaiting it, so timing does not tell known addresses from unknown. */
   const sendInBackground = (to: string, purpose: CodePurpose, code: string): void => {
     mailer?.sendCode(to, purpose, code).catch((err: unknown) => {
-      deps.logger.error({ err: (err as Error).message, purpose }, "a code email was not sent");
+      // The mailer logged what failed (never the address); this says which flow step lost it.
+      deps.logger.debug({ err: (err as Error).message, purpose }, "a code email was not sent");
     });
   };
 

@@ -14,6 +14,20 @@ export interface Mailer {
   close(): void;
 }
 
+/**
+ * What can be logged of a failed send: nodemailer's error code (ECONNECTION,
+ * EAUTH, EENVELOPE, …), the SMTP command and the server's reply code, never
+ * its reply text or message.
+ */
+export function smtpFailure(err: unknown): Record<string, string | number> {
+  const e = (err ?? {}) as { code?: unknown; command?: unknown; responseCode?: unknown };
+  const out: Record<string, string | number> = {};
+  if (typeof e.code === "string") out.code = e.code;
+  if (typeof e.command === "string") out.command = e.command.split(" ", 1)[0] ?? "";
+  if (typeof e.responseCode === "number") out.responseCode = e.responseCode;
+  return out;
+}
+
 /** Each email's subject and text, by purpose. */
 export function emailText(
   purpose: CodePurpose,
@@ -58,12 +72,11 @@ export function createMailer(deps: {
         await transport.sendMail({ from: config.from, to, subject, text });
         logger.info({ purpose }, "code email sent");
       } catch (err) {
-        // Never the code or the recipient's address in the log.
-        logger.error(
-          { err: (err as Error).message, purpose },
-          "sending a code email failed (SMTP_URL)",
-        );
-        throw err;
+        // Never the code or the recipient's address in the log: nodemailer's
+        // message quotes the server's reply, which names the recipient
+        // ("550 5.1.1 <…>: Recipient address rejected"), so only its codes.
+        logger.error({ smtp: smtpFailure(err), purpose }, "sending a code email failed (SMTP_URL)");
+        throw new Error("sending a code email failed");
       }
     },
     close: () => transport.close(),
