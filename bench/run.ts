@@ -45,6 +45,18 @@ interface Server {
   stop(): Promise<void>;
 }
 
+/** The per-address limits (issue 9), off for the load rows. */
+const perAddressLimitsOff: Record<string, string> = {
+  LIMIT_BEGIN_AUTH: "off",
+  LIMIT_FORMS: "off",
+  LIMIT_REGISTRATIONS: "off",
+  LIMIT_LOGIN_FEDERATED: "off",
+  LIMIT_FEDERATE: "off",
+  LIMIT_LIVE_FLOWS: "off",
+  LIMIT_STREAMS_PER_ADDRESS: "off",
+  LIMIT_EMAILS_PER_ADDRESS: "off",
+};
+
 /** Starts `node dist/main.js`; resolves when /readyz answers 200, with the time that took. */
 async function startServer(env: Record<string, string>): Promise<Server & { readyMs: number }> {
   const started = performance.now();
@@ -60,6 +72,9 @@ async function startServer(env: Record<string, string>): Promise<Server & { read
       MAX_CONNECTIONS: "50000",
       MAX_CONNECTIONS_PER_ADDRESS: "0",
       HTTP2_MAX_CONCURRENT_STREAMS: "20000",
+      // Every load generator is one client address doing a whole server's traffic: the
+      // per-address limits would measure refusals, not work.
+      ...perAddressLimitsOff,
       ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],
@@ -198,8 +213,9 @@ function median(results: Result[]): Result {
   const sorted = [...results].sort((x, y) => x.perSecond - y.perSecond);
   return sorted[Math.floor(sorted.length / 2)] as Result;
 }
+/** Throughput and latency, and the failed calls when there were any (a row with them is missed). */
 const fmt = (r: Result) =>
-  `${r.perSecond.toFixed(0)}/s, p50 ${r.p50Ms.toFixed(2)} ms, p99 ${r.p99Ms.toFixed(2)} ms`;
+  `${r.perSecond.toFixed(0)}/s, p50 ${r.p50Ms.toFixed(2)} ms, p99 ${r.p99Ms.toFixed(2)} ms${r.errors ? `, ${r.errors} errors` : ""}`;
 function record(row: Omit<Row, "ok">, ok: boolean) {
   rows.push({ ...row, ok });
   process.stderr.write(
@@ -252,7 +268,7 @@ async function benchBackend(backend: Backend): Promise<void> {
           ratio,
           goal: "≥ 0.9",
         },
-        ratio >= 0.9,
+        ratio >= 0.9 && check.errors === 0 && key.errors === 0,
       );
     }
 
@@ -298,7 +314,7 @@ async function benchBackend(backend: Backend): Promise<void> {
           ratio,
           goal: "≥ 0.9",
         },
-        ratio >= 0.9,
+        ratio >= 0.9 && big.errors === 0 && small.errors === 0,
       );
     }
 
@@ -333,7 +349,7 @@ async function benchBackend(backend: Backend): Promise<void> {
         ratio: loginRatio,
         goal: "≥ 0.85",
       },
-      loginRatio >= 0.85,
+      loginRatio >= 0.85 && logins.errors === 0,
     );
     const rawHash = await load({
       kind: "raw-argon2",
@@ -359,7 +375,7 @@ async function benchBackend(backend: Backend): Promise<void> {
         ratio: regRatio,
         goal: "≥ 0.85",
       },
-      regRatio >= 0.85,
+      regRatio >= 0.85 && regs.errors === 0,
     );
 
     // Row 5: many concurrent StreamSteps: server memory and step delivery delay.
