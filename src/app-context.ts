@@ -230,6 +230,7 @@ export async function createAppContext(
       store: stores.secondFactor,
       secret: secondFactorSecret,
       issuer: config.totpIssuer,
+      reauthWindowMs: config.reauthWindowMs,
       accounts,
       events,
       limits,
@@ -245,6 +246,7 @@ export async function createAppContext(
       accounts,
       events,
       limits,
+      secondFactor,
       audit,
       logger,
     });

@@ -69,6 +69,8 @@ export interface Config {
   readonly email: EmailConfig;
   /** The issuer of TOTP key URIs, as authenticator apps show it. */
   readonly totpIssuer: string;
+  /** How long after its sign-in a session may begin TOTP enrolment without the password. */
+  readonly reauthWindowMs: number;
   /** Passkeys (WebAuthn); undefined when PASSKEYS=off or no RP ID can be had (an IP SERVER_ID). */
   readonly passkeys: PasskeyConfig | undefined;
   readonly argon2: Argon2Params;
@@ -334,6 +336,7 @@ function shape(v: SettingValues, lookalikes: readonly Lookalike[]): Config {
     }),
     totpIssuer:
       v.TOTP_ISSUER ?? (v.SERVER_ID ?? "localhost").replace(/:\d+$/, "").replace(/^\[|\]$/g, ""),
+    reauthWindowMs: v.REAUTH_WINDOW,
     passkeys: passkeyConfig(v),
     argon2: Object.freeze({
       memoryKib: v.ARGON2_MEMORY_KIB,

@@ -207,6 +207,11 @@ export const settings = {
     },
     doc: "the name authenticator apps show beside a TOTP second factor of this server",
   }),
+  REAUTH_WINDOW: setting({
+    default: "10m",
+    parse: duration(0, 86_400_000),
+    doc: "how long after signing in a session may begin TOTP enrolment without the password again (`0`: always ask for it)",
+  }),
   PASSKEYS: setting({
     default: "on",
     parse: oneOf(["on", "off"]),

@@ -269,6 +269,53 @@ describe.each(backends)("passkeys on $name", (backend) => {
       expect(options.pubKeyCredParams.map((p: { alg: number }) => p.alg)).toContain(-7);
     });
 
+    it("on an account with TOTP on, needs a current code as well, and spends it", async () => {
+      const { TOTP, Secret } = await import("otpauth");
+      const user = newUser();
+      const { sessionToken, userId } = await register(app.client, user);
+      const { secret } = await app.account.beginTotpEnrollment({}, auth(sessionToken));
+      const codeAt = (at: number) =>
+        TOTP.generate({ secret: Secret.fromBase32(secret), timestamp: at });
+      await app.account.confirmTotpEnrollment(
+        { code: codeAt(app.clock.now()) },
+        auth(sessionToken),
+      );
+      app.clock.advance(30_000);
+
+      const needed = await expectRpcError(
+        app.account.beginPasskeyRegistration({ password: user.password }, auth(sessionToken)),
+        Code.Unauthenticated,
+        "h.bad-second-factor",
+      );
+      expect(needed).toContain("TOTP is on for this account");
+      const wrongCode = codeAt(app.clock.now() + 10 * 30_000);
+      await expectRpcError(
+        app.account.beginPasskeyRegistration(
+          { password: user.password, code: wrongCode },
+          auth(sessionToken),
+        ),
+        Code.Unauthenticated,
+        "h.bad-second-factor",
+      );
+      expect(audits("passkey.refused").at(-1)).toMatchObject({
+        reason: "bad-second-factor",
+        userId: `${userId}`,
+      });
+      // The right password and code: options; the code is spent, so it cannot be used again.
+      const code = codeAt(app.clock.now());
+      const { optionsJson } = await app.account.beginPasskeyRegistration(
+        { password: user.password, code },
+        auth(sessionToken),
+      );
+      expect(JSON.parse(optionsJson).challenge).toMatch(/^[A-Za-z0-9_-]{43}$/);
+      const replayed = await expectRpcError(
+        app.account.beginPasskeyRegistration({ password: user.password, code }, auth(sessionToken)),
+        Code.Unauthenticated,
+        "h.bad-second-factor",
+      );
+      expect(replayed).toContain("already used");
+    });
+
     it("stores the verified passkey with its name, lists it, and emits passkeys_changed", async () => {
       const user = newUser();
       const { sessionToken, userId } = await register(app.client, user);

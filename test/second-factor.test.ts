@@ -226,6 +226,40 @@ describe.each(backends)("TOTP and recovery codes on $name", (backend) => {
     );
   });
 
+  it("asks a session older than REAUTH_WINDOW (10 minutes) for the password before it enrols", async () => {
+    const user = newUser();
+    const { userId, sessionToken } = await register(app.client, user);
+    app.clock.advance(10 * 60_000 + 1000);
+    await expectRpcError(
+      app.account.beginTotpEnrollment({}, auth(sessionToken)),
+      Code.PermissionDenied,
+      "h.password-needed",
+    );
+    await expectRpcError(
+      app.account.beginTotpEnrollment({ password: "not the password" }, auth(sessionToken)),
+      Code.Unauthenticated,
+      "h.bad-password\nh.bad-email",
+    );
+    expect(audits("totp.refused").filter((l) => l.userId === userId.toString())).toMatchObject([
+      { reason: "password-needed" },
+      { reason: "bad-password" },
+    ]);
+    // Nothing was begun by the refused calls.
+    expect((await app.account.getSecondFactor({}, auth(sessionToken))).totpEnrollmentPending).toBe(
+      false,
+    );
+    const begun = await app.account.beginTotpEnrollment(
+      { password: user.password },
+      auth(sessionToken),
+    );
+    expect(begun.secret).toMatch(/^[A-Z2-7]{32}$/);
+    // A session that has just signed in needs nothing more.
+    const fresh = await login(app.client, user.email, user.password);
+    expect((await app.account.beginTotpEnrollment({}, auth(fresh.sessionToken))).secret).not.toBe(
+      begun.secret,
+    );
+  });
+
   it("leaves users of other homeservers to their homeserver: they cannot enrol here", async () => {
     const id = 987_654_321n;
     await database.db.query(

@@ -3,10 +3,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { createClient } from "@connectrpc/connect";
+import { Secret, TOTP } from "otpauth";
 import { pino } from "pino";
 import type { CDPSession, Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type AppContext, createAppContext } from "../src/app-context.js";
+import { AccountService } from "../src/gen/cadenza/account/v1/account_pb.js";
 import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { type RunningServer, startServer } from "../src/server/listener.js";
 import { fastHasher, testConfig } from "./helpers/app.js";
@@ -204,6 +206,58 @@ describe.skipIf(missing !== undefined)("passkeys in the web client, in Chromium"
     await announced(page, "The passkey Test laptop was removed.");
     await section.getByText("You have no passkeys yet.").waitFor();
     expect(await ctx.passkeys.list(userId)).toEqual([]);
+    await page.close();
+  });
+
+  it("on an account with TOTP on, asks for a code from the app before it adds a passkey", async () => {
+    const second = newUser();
+    const { sessionToken, userId } = await register(auth, second);
+    const account = createClient(
+      AccountService,
+      transports.create("connect-json/http1", server.url),
+    );
+    const headers = { authorization: sessionToken };
+    const { secret } = await account.beginTotpEnrollment({}, { headers });
+    const { recoveryCodes } = await account.confirmTotpEnrollment(
+      { code: TOTP.generate({ secret: Secret.fromBase32(secret) }) },
+      { headers },
+    );
+    // The confirming code's time step is used, so the page works with recovery codes.
+    const [forLogin, forPasskey] = recoveryCodes;
+    const page = await open(`${origin}/`);
+    const authenticator = await virtualAuthenticator(page);
+    await authenticator.clear();
+    await step(page, "Welcome");
+    await button(page, "Log in").click();
+    await page.getByLabel("Email", { exact: true }).fill(second.email);
+    await page.getByLabel("Password", { exact: true }).fill(second.password);
+    await button(page, "Continue").click();
+    await step(page, "Two-step verification");
+    const code = page.getByLabel("Code from your authenticator app, or a recovery code", {
+      exact: true,
+    });
+    await code.fill(forLogin ?? "");
+    await button(page, "Continue").click();
+    await step(page, "Signed in");
+
+    const section = page.locator("section.passkeys-section");
+    const passkeyCode = section.getByLabel(
+      "Code from your authenticator app (or a recovery code)",
+      { exact: true },
+    );
+    await passkeyCode.waitFor();
+    await page.getByLabel("Your password", { exact: true }).fill(second.password);
+    await button(page, "Add a passkey").click();
+    await section.locator("[role=alert]", { hasText: "TOTP is on for this account" }).waitFor();
+    expect(await authenticator.credentials()).toEqual([]);
+    await passkeyCode.fill(forPasskey ?? "");
+    await button(page, "Add a passkey").click();
+    await announced(page, "The passkey Passkey was added");
+    expect(await authenticator.credentials()).toHaveLength(1);
+    expect(await ctx.passkeys.list(userId)).toHaveLength(1);
+    // The recovery code was spent.
+    expect((await account.getSecondFactor({}, { headers })).recoveryCodesLeft).toBe(8);
+    await shot(page, "14-passkey-with-totp");
     await page.close();
   });
 

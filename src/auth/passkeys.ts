@@ -26,6 +26,7 @@ import { emailKey } from "./account-rules.js";
 import type { Accounts } from "./accounts.js";
 import { authErrors } from "./auth-errors.js";
 import { sha256 } from "./random-ids.js";
+import type { SecondFactor } from "./second-factor.js";
 
 /**
  * Passkeys (WebAuthn), verified by @simplewebauthn/server: a way to sign in
@@ -222,11 +223,15 @@ export interface Passkeys {
   verifySignIn(flowKey: Buffer, responseJson: string, caller: Caller): Promise<VerifiedSignIn>;
   /** Moves the passkey's counter and last use, in the session's transaction; `h.bad-passkey` when it raced. */
   recordSignIn(q: Queryable, verified: VerifiedSignIn): Promise<void>;
-  /** Checks the password, then answers creation options for the caller's session. */
+  /**
+   * Checks the password (and, when TOTP is on, spends `code`), then answers
+   * creation options for the caller's session.
+   */
   beginRegistration(
     userId: bigint,
     sessionId: string,
     password: string,
+    code: string,
     caller: Caller,
   ): Promise<string>;
   /** Verifies the browser's attestation (RegistrationResponseJSON) and stores the passkey. */
@@ -257,6 +262,8 @@ export type PasskeysDeps = {
   readonly accounts: Pick<Accounts, "ownerOf" | "verifyPassword">;
   readonly events: Pick<AccountEvents, "record">;
   readonly limits: Pick<Limits, "loginAttempt" | "loginSucceeded">;
+  /** A passkey signs in without the second factor, so adding one needs it. */
+  readonly secondFactor: Pick<SecondFactor, "stepUp">;
   readonly audit: Audit;
   readonly logger: { debug(obj: object, msg: string): void };
 };
@@ -453,7 +460,7 @@ export function createPasskeys(deps: PasskeysDeps): Passkeys {
       if (!moved) throw new HarmonyError(passkeyErrors.badPasskey);
     },
 
-    async beginRegistration(userId, sessionId, password, caller) {
+    async beginRegistration(userId, sessionId, password, code, caller) {
       const { rpId } = need();
       const owner = await localOwner(userId);
       // The password again, counted on the login schedule: a session alone
@@ -470,6 +477,10 @@ export function createPasskeys(deps: PasskeysDeps): Passkeys {
       if (existing.length >= MAX_PASSKEYS_PER_USER) {
         throw new HarmonyError(passkeyErrors.tooManyPasskeys);
       }
+      await deps.secondFactor.stepUp(userId, code, caller).catch((err: unknown) => {
+        audit.record("passkey.refused", { caller, userId, reason: "bad-second-factor" });
+        throw err;
+      });
       const options = await generateRegistrationOptions({
         rpName: rpId,
         rpID: rpId,

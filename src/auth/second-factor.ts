@@ -52,6 +52,13 @@ export const secondFactorErrors = {
     message: "no TOTP enrolment is waiting for its code: call BeginTotpEnrollment first",
   },
   /** cadenza's own. */
+  passwordNeeded: {
+    identifier: "h.password-needed",
+    code: Code.PermissionDenied,
+    message:
+      "this session signed in too long ago to begin TOTP enrolment alone: send the account's password as well, or sign in again",
+  },
+  /** cadenza's own. */
   notEnabled: {
     identifier: "h.totp-not-enabled",
     code: Code.FailedPrecondition,
@@ -111,7 +118,12 @@ export interface SecondFactor {
   status(userId: bigint): Promise<SecondFactorStatus>;
   /** Whether a password login of `userId` needs a code (one indexed lookup). */
   enabled(userId: bigint): Promise<boolean>;
-  begin(userId: bigint, caller: Caller): Promise<TotpEnrollment>;
+  /**
+   * Begins enrolment for the session's user. A session younger than
+   * REAUTH_WINDOW may do it alone; an older one needs `password` (checked on
+   * the login throttle whenever it is given), or `h.password-needed`.
+   */
+  begin(session: ReauthProof, password: string, caller: Caller): Promise<TotpEnrollment>;
   /** Turns TOTP on with a code for the pending secret; returns the recovery codes. */
   confirm(userId: bigint, code: string, caller: Caller): Promise<string[]>;
   regenerateRecoveryCodes(userId: bigint, code: string, caller: Caller): Promise<string[]>;
@@ -123,6 +135,18 @@ export interface SecondFactor {
   check(userId: bigint, code: string): Promise<CheckedCode>;
   /** Spends a checked code in `q`; throws `h.bad-second-factor` when it was used meanwhile. */
   spend(q: Queryable, userId: bigint, checked: CheckedCode): Promise<void>;
+  /**
+   * For an account-service call that adds a way in: checks `code` on the
+   * login throttle and spends it. Resolves at once when TOTP is off.
+   */
+  stepUp(userId: bigint, code: string, caller: Caller): Promise<void>;
+}
+
+/** What `begin` needs of the calling session. */
+export interface ReauthProof {
+  readonly userId: bigint;
+  /** When the session signed in. */
+  readonly createdAt: number;
 }
 
 export type SecondFactorDeps = {
@@ -133,6 +157,8 @@ export type SecondFactorDeps = {
   readonly secret: Buffer;
   /** The issuer authenticator apps show (TOTP_ISSUER). */
   readonly issuer: string;
+  /** REAUTH_WINDOW: how long after signing in a session may begin enrolment alone. */
+  readonly reauthWindowMs: number;
   readonly accounts: Pick<Accounts, "ownerOf" | "verifyPassword">;
   readonly events: Pick<AccountEvents, "record">;
   readonly limits: Pick<Limits, "loginAttempt" | "loginSucceeded">;
@@ -280,8 +306,20 @@ export function createSecondFactor(deps: SecondFactorDeps): SecondFactor {
       return (await store.find(db, userId))?.enabledAt !== undefined;
     },
 
-    async begin(userId, caller) {
+    async begin(session, password, caller) {
+      const { userId } = session;
       const owner = await localOwner(userId);
+      if (password !== "") {
+        await limits.loginAttempt(owner.throttleKey, caller);
+        if (!(await accounts.verifyPassword(userId, password))) {
+          audit.record("totp.refused", { caller, userId, reason: "bad-password" });
+          throw new HarmonyError(authErrors.badCredentials, { message: "wrong password" });
+        }
+        await limits.loginSucceeded(owner.throttleKey);
+      } else if (clock.now() - session.createdAt > deps.reauthWindowMs) {
+        audit.record("totp.refused", { caller, userId, reason: "password-needed" });
+        throw new HarmonyError(secondFactorErrors.passwordNeeded);
+      }
       const raw = randomBytes(SECRET_BYTES);
       if (!(await store.putPending(db, userId, seal(userId, raw), clock.now()))) {
         throw new HarmonyError(secondFactorErrors.alreadyEnabled);
@@ -354,5 +392,18 @@ export function createSecondFactor(deps: SecondFactorDeps): SecondFactor {
 
     check,
     spend,
+
+    async stepUp(userId, code, caller) {
+      if ((await store.find(db, userId))?.enabledAt === undefined) return;
+      if (code.trim() === "") {
+        throw new HarmonyError(authErrors.badSecondFactor, {
+          message:
+            "TOTP is on for this account: send a current code from the authenticator app (or a recovery code) as well",
+        });
+      }
+      const { checked, throttleKey } = await verifyAll(userId, code, undefined, caller);
+      await db.transaction((tx) => spend(tx, userId, checked));
+      await limits.loginSucceeded(throttleKey);
+    },
   };
 }

@@ -96,8 +96,8 @@ export function createAccountServiceImpl({
       };
     },
 
-    async beginTotpEnrollment(_req, ctx) {
-      const e = await secondFactor.begin(caller(ctx).userId, ctx.values.get(callerKey));
+    async beginTotpEnrollment(req, ctx) {
+      const e = await secondFactor.begin(caller(ctx), req.password, ctx.values.get(callerKey));
       return { secret: e.secret, otpauthUri: e.uri, qrCodeSvg: e.qrCodeSvg };
     },
 
@@ -132,6 +132,7 @@ export function createAccountServiceImpl({
           me.userId,
           me.sessionId,
           req.password,
+          req.code,
           ctx.values.get(callerKey),
         ),
       };

@@ -136,7 +136,8 @@ export function startApp({ root, status, config, clients, sessions }: AppDeps): 
     const passkeys = renderPasskeys({
       supported: passkeysSupported(),
       list: async () => (await clients.account.listPasskeys({}, auth)).passkeys,
-      add: (password, name) => registerPasskey(clients.account, auth, password, name),
+      secondFactorOn: async () => (await clients.account.getSecondFactor({}, auth)).totpEnabled,
+      add: (password, code, name) => registerPasskey(clients.account, auth, password, code, name),
       remove: async (passkeyId) => {
         await clients.account.deletePasskey({ passkeyId }, auth);
       },

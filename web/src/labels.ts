@@ -17,6 +17,8 @@ const titles: Readonly<Record<string, string>> = {
   "delete-user-input-token": "Confirm the deletion",
   "change-password": "Change your password",
   passkey: "Sign in with a passkey",
+  totp: "Two-step verification",
+  "recovery-code": "Use a recovery code",
   success: "Done",
 };
 
@@ -37,6 +39,7 @@ const fields: Readonly<Record<string, string>> = {
   password: "Password",
   "new-password": "New password",
   token: "Code",
+  code: "Code from your authenticator app, or a recovery code",
   assertion: "Passkey",
 };
 

@@ -8,8 +8,13 @@ export interface PasskeyActions {
   /** Whether this browser can make and use passkeys at all. */
   readonly supported: boolean;
   list(): Promise<readonly Passkey[]>;
-  /** Checks the password, runs the browser's ceremony, stores the passkey under `name`. */
-  add(password: string, name: string): Promise<Passkey | undefined>;
+  /** Whether the account has TOTP on: adding a passkey then needs a code as well. */
+  secondFactorOn(): Promise<boolean>;
+  /**
+   * Checks the password (and the TOTP code, when TOTP is on), runs the
+   * browser's ceremony, stores the passkey under `name`.
+   */
+  add(password: string, code: string, name: string): Promise<Passkey | undefined>;
   remove(passkeyId: string): Promise<void>;
   /** The page's session is gone. */
   signedOut(message: string): void;
@@ -104,6 +109,7 @@ export function renderPasskeys(actions: PasskeyActions): HTMLElement {
 
   const passwordId = uid("passkey-password");
   const nameId = uid("passkey-name");
+  const codeId = uid("passkey-code");
   const password = h("input", {
     id: passwordId,
     name: "password",
@@ -119,11 +125,26 @@ export function renderPasskeys(actions: PasskeyActions): HTMLElement {
     maxlength: "64",
     placeholder: "Passkey",
   });
+  const code = h("input", {
+    id: codeId,
+    name: "code",
+    type: "text",
+    inputmode: "numeric",
+    autocomplete: "one-time-code",
+  });
+  // Shown once the account says TOTP is on (a passkey signs in without it).
+  const codeField = h(
+    "div",
+    { class: "field", hidden: true },
+    h("label", { for: codeId }, "Code from your authenticator app (or a recovery code)"),
+    code,
+  );
   const add = h("button", { type: "submit" }, "Add a passkey");
   const form = h(
     "form",
     { novalidate: true, class: "add-passkey", "aria-label": "Add a passkey" },
     h("div", { class: "field" }, h("label", { for: passwordId }, "Your password"), password),
+    codeField,
     h(
       "div",
       { class: "field" },
@@ -136,14 +157,18 @@ export function renderPasskeys(actions: PasskeyActions): HTMLElement {
     event.preventDefault();
     if (add.disabled) return;
     run([add], async () => {
-      const added = await actions.add(password.value, name.value);
+      const added = await actions.add(password.value, code.value, name.value);
       password.value = "";
+      code.value = "";
       name.value = "";
       await refresh();
       actions.announce(`The passkey ${added?.name ?? ""} was added: you can sign in with it now.`);
     }).catch(() => {});
   });
   section.append(form, problem);
-  run([add], refresh).catch(() => {});
+  run([add], async () => {
+    await refresh();
+    codeField.hidden = !(await actions.secondFactorOn());
+  }).catch(() => {});
   return section;
 }

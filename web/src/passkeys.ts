@@ -66,14 +66,18 @@ export async function signInAssertion(
   return JSON.stringify(await ceremony(() => startAuthentication({ optionsJSON })));
 }
 
-/** Adds a passkey to the signed-in account: the password, the browser's new credential, its name. */
+/**
+ * Adds a passkey to the signed-in account: the password (and a TOTP code when
+ * TOTP is on), the browser's new credential, its name.
+ */
 export async function registerPasskey(
   account: Client<typeof AccountService>,
   callOptions: { headers: Record<string, string> },
   password: string,
+  code: string,
   name: string,
 ) {
-  const { optionsJson } = await account.beginPasskeyRegistration({ password }, callOptions);
+  const { optionsJson } = await account.beginPasskeyRegistration({ password, code }, callOptions);
   const optionsJSON = JSON.parse(optionsJson) as PublicKeyCredentialCreationOptionsJSON;
   const response = await ceremony(() => startRegistration({ optionsJSON }));
   const { passkey } = await account.finishPasskeyRegistration(
