@@ -277,10 +277,11 @@ describe("which server the page talks to", () => {
       "https://auth.example.org/prefix",
       "grpc-web",
     ],
+    // A copy that names its server is pinned to it: a link cannot move it.
     [
-      "https://app.example.org/?server=http://127.0.0.1:2289",
+      "https://app.example.org/?server=https://attacker.example",
       "https://meta.example.org",
-      "http://127.0.0.1:2289",
+      "https://meta.example.org",
       "grpc-web",
     ],
     ["http://127.0.0.1:2289/?protocol=connect", "  ", "http://127.0.0.1:2289", "connect"],

@@ -1,10 +1,12 @@
 /**
  * Which cadenza the page talks to, and how. In order:
  *
- * 1. `?server=https://auth.example.org` in the page's URL;
- * 2. `<meta name="cadenza-server" content="https://auth.example.org">` in
+ * 1. `<meta name="cadenza-server" content="https://auth.example.org">` in
  *    index.html (for a copy of the page hosted on another origin: edit the
- *    built file, no rebuild needed);
+ *    built file, no rebuild needed): a copy that names its server is pinned
+ *    to it, and a link's `?server=` cannot send what users type elsewhere;
+ * 2. `?server=https://auth.example.org` in the page's URL, when the meta is
+ *    empty (as built);
  * 3. the page's own origin (cadenza serving its own page).
  *
  * `?protocol=connect` switches from gRPC-Web (the default) to the Connect
@@ -43,8 +45,7 @@ function baseUrlOf(text: string): string | undefined {
 /** Reads the page's configuration from its URL and its `cadenza-server` meta tag. */
 export function clientConfig(pageUrl: string, metaServer: string | null): ClientConfigResult {
   const page = new URL(pageUrl);
-  const fromQuery = page.searchParams.get("server");
-  const given = fromQuery ?? (metaServer?.trim() || null);
+  const given = metaServer?.trim() || page.searchParams.get("server");
   const server = given === null ? page.origin : baseUrlOf(given);
   if (server === undefined) {
     return {
