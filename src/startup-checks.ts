@@ -21,6 +21,13 @@ export function startupWarnings(config: Config): string[] {
         "set KEY_ENCRYPTION_KEY to it and restart; the key is then encrypted in place.",
     );
   }
+  if (config.internal.token === undefined && !isLoopbackHost(config.host)) {
+    warnings.push(
+      `INTERNAL_TOKEN is unset, so any process that can reach ${config.internal.host}:${config.internal.port} ` +
+        "(on this machine, or in this container's network) can introspect sessions, sign federation tokens and run admin commands. " +
+        "Set INTERNAL_TOKEN to a long random value (`openssl rand -base64 32`) and give it to the chat server and the CLI.",
+    );
+  }
   warnings.push(...lookalikeWarnings(config));
   return warnings;
 }

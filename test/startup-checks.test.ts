@@ -18,17 +18,34 @@ describe("startup warnings", () => {
     ["chat.example.org", false],
   ])("%s is loopback: %s", (host, loopback) => expect(isLoopbackHost(host)).toBe(loopback));
 
+  const kek = Buffer.alloc(32, 1).toString("base64");
+  const token = "an-internal-token-of-enough-length";
+
   it("warns about a plaintext signing key on a non-loopback listener, naming the command", () => {
-    const [warning, ...rest] = startupWarnings(loadConfig({ HOST: "0.0.0.0" }));
+    const [warning, ...rest] = startupWarnings(
+      loadConfig({ HOST: "0.0.0.0", INTERNAL_TOKEN: token }),
+    );
     expect(rest).toEqual([]);
     expect(warning).toContain("KEY_ENCRYPTION_KEY is unset");
     expect(warning).toContain("key generate-encryption-key");
   });
 
-  it("is silent on loopback, or with KEY_ENCRYPTION_KEY set", () => {
+  it("warns about an internal port open to every local process on a non-loopback listener", () => {
+    const [warning, ...rest] = startupWarnings(
+      loadConfig({ HOST: "0.0.0.0", KEY_ENCRYPTION_KEY: kek }),
+    );
+    expect(rest).toEqual([]);
+    expect(warning).toContain("INTERNAL_TOKEN is unset");
+    expect(warning).toContain("127.0.0.1:2290");
+  });
+
+  it("is silent on loopback, or with KEY_ENCRYPTION_KEY and INTERNAL_TOKEN set", () => {
     expect(startupWarnings(loadConfig({}))).toEqual([]);
-    const kek = Buffer.alloc(32, 1).toString("base64");
-    expect(startupWarnings(loadConfig({ HOST: "0.0.0.0", KEY_ENCRYPTION_KEY: kek }))).toEqual([]);
+    expect(
+      startupWarnings(
+        loadConfig({ HOST: "0.0.0.0", KEY_ENCRYPTION_KEY: kek, INTERNAL_TOKEN: token }),
+      ),
+    ).toEqual([]);
   });
 
   it("prints a fresh KEY_ENCRYPTION_KEY that the setting accepts", async () => {
