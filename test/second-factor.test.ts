@@ -658,6 +658,52 @@ describe.each(backends)("TOTP and recovery codes on $name", (backend) => {
     return res.step.step.value;
   }
 
+  it("deleting by emailed code asks for the second factor too: the mailbox alone is not enough", async () => {
+    const user = await enrolled();
+    const { authId } = await app.client.beginAuth({});
+    await app.client.nextStep({ authId });
+    await choose(app.client, authId, "other-options");
+    await choose(app.client, authId, "delete-user");
+    await submitForm(app.client, authId, [text(user.email)]);
+    const { code } = await smtp.next(user.email);
+    const asked = await submitForm(app.client, authId, [bytes(code ?? "")]);
+    expect(titleOf(asked)).toBe("totp");
+    // Not deleted yet: the account still logs in, its session still works.
+    await app.client.checkLoggedIn({}, auth(user.sessionToken));
+    // A wrong code is refused and deletes nothing.
+    await expectRpcError(
+      submitForm(app.client, authId, [text(wrongCode(user.secret))]),
+      Code.Unauthenticated,
+      "h.bad-second-factor",
+    );
+    await app.client.checkLoggedIn({}, auth(user.sessionToken));
+    // Going back finds the emailed code spent: it cannot skip the second factor another way.
+    await app.client.stepBack({ authId });
+    await expectRpcError(
+      submitForm(app.client, authId, [bytes(code ?? "")]),
+      Code.Unauthenticated,
+      "h.invalid-single-use-token",
+    );
+    const again = await app.client.beginAuth({});
+    await app.client.nextStep({ authId: again.authId });
+    await choose(app.client, again.authId, "other-options");
+    await choose(app.client, again.authId, "delete-user");
+    await submitForm(app.client, again.authId, [text(user.email)]);
+    const second = await smtp.next(user.email);
+    expect(titleOf(await submitForm(app.client, again.authId, [bytes(second.code ?? "")]))).toBe(
+      "totp",
+    );
+    app.clock.advance(60_000);
+    const done = await submitForm(app.client, again.authId, [text(totp(user.secret))]);
+    expect(titleOf(done)).toBe("success");
+    await expectRpcError(
+      app.client.checkLoggedIn({}, auth(user.sessionToken)),
+      Code.Unauthenticated,
+      "h.blank-session",
+    );
+    expect(audits("account.deleted").map((l) => l.userId)).toContain(user.userId.toString());
+  });
+
   it("change-password asks for the code before it changes the password", async () => {
     const user = await enrolled();
     const { authId } = await app.client.beginAuth({});

@@ -56,7 +56,9 @@ export interface PendingSecondFactor {
   readonly completes:
     | { readonly kind: "login" }
     /** A change-password, with its new password already hashed (argon2id). */
-    | { readonly kind: "change-password"; readonly passwordHash: string };
+    | { readonly kind: "change-password"; readonly passwordHash: string }
+    /** A deletion whose emailed code was right (and is spent): the account goes with the code. */
+    | { readonly kind: "delete-user" };
 }
 
 /**
@@ -309,6 +311,11 @@ export function awaitSecondFactor(state: FlowState, pending: PendingSecondFactor
   return { ...onStack(state, [...state.stack, "totp"]), secondFactor: pending };
 }
 
+/** Where a reset or deletion leaves the flow: `success`, with no way back into it. */
+export function finishedState(state: FlowState): FlowState {
+  return onStack(state, ["success"]);
+}
+
 /** The final step of a completed flow. */
 export function sessionView(userId: bigint, sessionToken: string): StepView {
   return { kind: "session", userId, sessionToken };
@@ -525,8 +532,7 @@ export function advance(
               code: value("token"),
               newPassword: value("new-password"),
             },
-            // After a reset or deletion: no way back into it.
-            next: onStack(state, ["success"]),
+            next: finishedState(state),
           };
         case "delete-user-send-token":
           return {
@@ -538,8 +544,7 @@ export function advance(
           return {
             kind: "submit",
             submission: { kind: "delete-user", code: value("token") },
-            // After a reset or deletion: no way back into it.
-            next: onStack(state, ["success"]),
+            next: finishedState(state),
           };
         default:
           return {

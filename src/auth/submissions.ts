@@ -15,6 +15,7 @@ import {
   type CodePurpose,
   type FlowPolicy,
   type FlowState,
+  finishedState,
   type PendingSecondFactor,
   type StepView,
   type Submission,
@@ -295,10 +296,27 @@ export function createSubmissions(deps: SubmissionsDeps) {
 
   async function deleteUser(c: SubmissionContext, code: string) {
     const userId = await codeOwner(c, "delete-user", code);
-    const state = nextState(c);
+    // With a second factor on, the mailbox alone does not delete the account:
+    // the emailed code is spent here, and the `totp` step asks for the other.
+    const asked = await secondFactorStep(
+      c,
+      { userId, epoch: await epochOf(userId), completes: { kind: "delete-user" } },
+      (tx) => codes.spend(tx, c.flowKey, "delete-user", code),
+    );
+    if (asked) return asked;
+    return finishDeletion(c, userId, (tx) => codes.spend(tx, c.flowKey, "delete-user", code));
+  }
+
+  /** Deletes the account, with `inTx` (what proved the request) in the same transaction. */
+  async function finishDeletion(
+    c: SubmissionContext,
+    userId: bigint,
+    inTx: (tx: Queryable) => Promise<void>,
+  ): Promise<StepView> {
+    const state = finishedState(c.flow.state);
     const step = viewOf(state, policy);
     await commit(c, async (tx) => {
-      await codes.spend(tx, c.flowKey, "delete-user", code);
+      await inTx(tx);
       await deps.accountStore.delete(tx, userId);
       await events.record(tx, userId, { kind: "deleted" });
       return { result: undefined, step, state };
@@ -346,7 +364,7 @@ export function createSubmissions(deps: SubmissionsDeps) {
     return step;
   }
 
-  /** Completes a login (or change-password) with a code, spent in the same transaction. */
+  /** Completes a login (or change-password, or deletion) with a code, spent in the same transaction. */
   async function completeWithCode(
     c: SubmissionContext,
     code: string,
@@ -375,23 +393,22 @@ export function createSubmissions(deps: SubmissionsDeps) {
       }
       await deps.secondFactor.spend(tx, userId, checked);
     };
+    const { completes } = pending;
     const step =
-      pending.completes.kind === "change-password"
-        ? await completeChangePassword(
-            c,
-            userId,
-            pending.completes.passwordHash,
-            throttleKey,
-            spend,
-          ).catch(refused)
-        : await finishWithSession(c, userId, async (tx) => {
-            await spend(tx);
-            return undefined;
-          }).catch(refused);
+      completes.kind === "change-password"
+        ? await completeChangePassword(c, userId, completes.passwordHash, throttleKey, spend).catch(
+            refused,
+          )
+        : completes.kind === "delete-user"
+          ? await finishDeletion(c, userId, spend).catch(refused)
+          : await finishWithSession(c, userId, async (tx) => {
+              await spend(tx);
+              return undefined;
+            }).catch(refused);
     if (checked.kind === "recovery") {
       audit.record("recovery_code.used", { caller: c.caller, flowKey: c.flowKey, userId });
     }
-    if (pending.completes.kind === "login") {
+    if (completes.kind === "login") {
       await limits.loginSucceeded(throttleKey);
       audit.record("login.succeeded", { caller: c.caller, flowKey: c.flowKey, userId });
     }

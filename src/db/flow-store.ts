@@ -48,6 +48,7 @@ function parsePending(value: unknown): PendingSecondFactor {
   if (typeof p.userId === "string" && /^\d{1,20}$/.test(p.userId)) {
     const userId = BigInt(p.userId);
     if (then?.kind === "login") return { userId, epoch, completes: { kind: "login" } };
+    if (then?.kind === "delete-user") return { userId, epoch, completes: { kind: "delete-user" } };
     if (then?.kind === "change-password" && typeof then.passwordHash === "string") {
       return {
         userId,
