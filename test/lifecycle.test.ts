@@ -341,6 +341,49 @@ describe.each(backends)("the account lifecycle on $name", (backend) => {
       }
     });
 
+    it("with EMAIL_VERIFICATION=required, does not tell the form that an email has an account", async () => {
+      const verifying = await createTestApp(database.db, {
+        env: { SMTP_URL: smtp.url, EMAIL_VERIFICATION: "required" },
+        clock: app.clock,
+      });
+      try {
+        const owner = newUser();
+        await register(app.client, owner);
+        const stranger = newUser();
+        const authId = await openForm(verifying.client, "register");
+        const next = await submitForm(verifying.client, authId, [
+          text(owner.email),
+          text(stranger.username),
+          bytes(stranger.password),
+        ]);
+        // The same step as for a new address…
+        expect(next.step?.step.value).toMatchObject({ title: "register-input-token" });
+        // …and the owner hears of it, with no code in the email.
+        const mail = await smtp.next(owner.email);
+        expect(mail.subject).toContain("tried to register");
+        expect(mail.code).toBeUndefined();
+        await expectRpcError(
+          submitForm(verifying.client, authId, [bytes("ZZZZ-ZZZZ")]),
+          Code.Unauthenticated,
+          "h.invalid-single-use-token",
+        );
+        // The owner's account is untouched; a taken username (public anyway) is still said.
+        await login(verifying.client, owner.email, owner.password);
+        const again = await openForm(verifying.client, "register");
+        await expectRpcError(
+          submitForm(verifying.client, again, [
+            text(newUser().email),
+            text(owner.username),
+            bytes(stranger.password),
+          ]),
+          Code.AlreadyExists,
+          "h.already-registered",
+        );
+      } finally {
+        await verifying.close();
+      }
+    });
+
     it("with REGISTRATION=invite, takes an invite code, used up and expiring", async () => {
       const invited = await createTestApp(database.db, {
         env: { REGISTRATION: "invite" },

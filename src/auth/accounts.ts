@@ -43,12 +43,15 @@ export interface Accounts {
   verifyPassword(userId: bigint, password: string): Promise<boolean>;
   /** Stores an outdated hash's replacement, inside the login's transaction. */
   finishLogin(q: Queryable, login: VerifiedLogin): Promise<void>;
-  /** Validates a registration and hashes its password; nothing is written. */
-  prepareRegistration(input: {
-    email: string;
-    username: string;
-    password: string;
-  }): Promise<PreparedRegistration>;
+  /**
+   * Validates a registration and hashes its password; nothing is written.
+   * With `emailPrivate` (EMAIL_VERIFICATION=required), a taken email is not
+   * refused but said in `emailTaken`, for the mailbox alone to hear of.
+   */
+  prepareRegistration(
+    input: { email: string; username: string; password: string },
+    options?: { readonly emailPrivate?: boolean },
+  ): Promise<PreparedRegistration & { readonly emailTaken: boolean }>;
   /**
    * Creates the account inside the caller's transaction; throws
    * `h.already-registered` when the email or username was taken meanwhile.
@@ -123,7 +126,7 @@ export async function createAccounts(deps: AccountsDeps): Promise<Accounts> {
       }
     },
 
-    async prepareRegistration(input) {
+    async prepareRegistration(input, options) {
       const email = validateEmail(input.email);
       const username = validateUsername(input.username);
       const password = validateNewPassword(
@@ -133,13 +136,15 @@ export async function createAccounts(deps: AccountsDeps): Promise<Accounts> {
       );
       // Fail fast, before the costly hash; the unique index decides races.
       const taken = await userStore.taken(db, email.key, username.key);
-      if (taken) throw alreadyRegistered(taken);
+      if (taken.email && !options?.emailPrivate) throw alreadyRegistered("email");
+      if (taken.username) throw alreadyRegistered("username");
       return {
         email: email.email,
         emailKey: email.key,
         username: username.username,
         usernameKey: username.key,
         passwordHash: await hasher.hash(password),
+        emailTaken: taken.email,
       };
     },
 

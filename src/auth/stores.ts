@@ -81,11 +81,12 @@ export type InsertUserResult = "created" | "id-taken" | "email-taken" | "usernam
 export interface UserStore {
   findByEmailKey(q: Queryable, emailKey: string): Promise<StoredUser | undefined>;
   findById(q: Queryable, id: bigint): Promise<StoredUser | undefined>;
+  /** Whether an account has this email, and whether one has this username. */
   taken(
     q: Queryable,
     emailKey: string,
     usernameKey: string,
-  ): Promise<"email" | "username" | undefined>;
+  ): Promise<{ readonly email: boolean; readonly username: boolean }>;
   /** Inserts a user. A taken email or username aborts the surrounding transaction. */
   insert(q: Queryable, user: NewUser): Promise<InsertUserResult>;
   /** Replaces a password hash, only if it is still `from`. */

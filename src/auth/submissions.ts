@@ -190,9 +190,10 @@ export function createSubmissions(deps: SubmissionsDeps) {
 
   async function register(c: SubmissionContext, s: Extract<Submission, { kind: "register" }>) {
     await limits.rate("registrations", c.caller);
-    const prepared = await (async () => {
+    const { emailTaken, ...prepared } = await (async () => {
       if (policy.invites) await invites.check(s.invite ?? "");
-      return accounts.prepareRegistration(s);
+      // With verification, only the mailbox may learn that the address has an account.
+      return accounts.prepareRegistration(s, { emailPrivate: c.next !== "session" });
     })().catch((err) => {
       audit.record("registration.refused", {
         caller: c.caller,
@@ -214,7 +215,23 @@ export function createSubmissions(deps: SubmissionsDeps) {
       step,
       state,
     }));
-    sendInBackground(prepared.email, "verify-email", code);
+    if (emailTaken) {
+      // The same step and the same work as for a new address; the code made is
+      // never sent, and the owner hears that someone tried.
+      audit.record("registration.refused", {
+        caller: c.caller,
+        flowKey: c.flowKey,
+        reason: "email-taken",
+      });
+      mailer?.sendAlreadyRegistered(prepared.email).catch((err: unknown) => {
+        deps.logger.debug(
+          { err: (err as Error).message },
+          "an already-registered email was not sent",
+        );
+      });
+    } else {
+      sendInBackground(prepared.email, "verify-email", code);
+    }
     return step;
   }
 

@@ -42,9 +42,7 @@ export function createUserStore(): UserStore {
            FROM users WHERE email_key = $1 OR username_key = $2`,
         [emailKey, usernameKey],
       );
-      if (row?.email) return "email";
-      if (row?.username) return "username";
-      return undefined;
+      return { email: row?.email === true, username: row?.username === true };
     },
 
     async insert(q, user): Promise<InsertUserResult> {

@@ -11,6 +11,11 @@ export interface Mailer {
    * do not await it.
    */
   sendCode(to: string, purpose: CodePurpose, code: string): Promise<void>;
+  /**
+   * Tells the owner of `to` that someone tried to register with it (with
+   * EMAIL_VERIFICATION=required, instead of the code the form promised).
+   */
+  sendAlreadyRegistered(to: string): Promise<void>;
   close(): void;
 }
 
@@ -65,19 +70,30 @@ export function createMailer(deps: {
   if (config.smtpUrl === undefined) return undefined;
   const transport = createTransport(config.smtpUrl);
   const ttlMinutes = Math.round(config.codeTtlMs / 60_000);
+  const send = async (to: string, purpose: string, subject: string, text: string) => {
+    try {
+      await transport.sendMail({ from: config.from, to, subject, text });
+      logger.info({ purpose }, "code email sent");
+    } catch (err) {
+      // Never the code or the recipient's address in the log: nodemailer's
+      // message quotes the server's reply, which names the recipient
+      // ("550 5.1.1 <…>: Recipient address rejected"), so only its codes.
+      logger.error({ smtp: smtpFailure(err), purpose }, "sending a code email failed (SMTP_URL)");
+      throw new Error("sending a code email failed");
+    }
+  };
   return {
     async sendCode(to, purpose, code) {
       const { subject, text } = emailText(purpose, code, homeserver, ttlMinutes);
-      try {
-        await transport.sendMail({ from: config.from, to, subject, text });
-        logger.info({ purpose }, "code email sent");
-      } catch (err) {
-        // Never the code or the recipient's address in the log: nodemailer's
-        // message quotes the server's reply, which names the recipient
-        // ("550 5.1.1 <…>: Recipient address rejected"), so only its codes.
-        logger.error({ smtp: smtpFailure(err), purpose }, "sending a code email failed (SMTP_URL)");
-        throw new Error("sending a code email failed");
-      }
+      await send(to, purpose, subject, text);
+    },
+    async sendAlreadyRegistered(to) {
+      await send(
+        to,
+        "already-registered",
+        `Someone tried to register on ${homeserver} with your address`,
+        `Someone tried to register a new account on the Harmony homeserver ${homeserver} with this address, which already has an account there. No account was made.\n\nIf it was you, log in instead, or reset your password if you forgot it.\nIf it was not you, ignore this email: your account stays as it is.\n`,
+      );
     },
     close: () => transport.close(),
   };
