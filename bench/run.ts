@@ -458,12 +458,12 @@ async function benchBackend(backend: Backend): Promise<void> {
         row: "6",
         backend,
         what: "LoginFederated, key cached, 16 clients",
-        measured: `${fmt(fed)} (${fed.errors} errors)`,
+        measured: fmt(fed),
         ceiling: `raw verify: @noble/ed25519 ${noble.perSecond.toFixed(0)}/s, node:crypto ${node.perSecond.toFixed(0)}/s`,
         ratio: fedRatio,
         goal: "≥ 0.8",
       },
-      fedRatio >= 0.8,
+      fedRatio >= 0.8 && fed.errors === 0,
     );
 
     // Row 7: start-up to /readyz on the existing database.

@@ -288,10 +288,11 @@ describe.each(backends)("passkeys on $name", (backend) => {
         "h.bad-second-factor",
       );
       expect(needed).toContain("TOTP is on for this account");
-      const wrongCode = codeAt(app.clock.now() + 10 * 30_000);
+      const valid = [-1, 0, 1].map((k) => codeAt(app.clock.now() + k * 30_000));
+      const wrongCode = ["000000", "111111", "222222", "333333"].find((c) => !valid.includes(c));
       await expectRpcError(
         app.account.beginPasskeyRegistration(
-          { password: user.password, code: wrongCode },
+          { password: user.password, code: wrongCode ?? "" },
           auth(sessionToken),
         ),
         Code.Unauthenticated,
@@ -301,8 +302,15 @@ describe.each(backends)("passkeys on $name", (backend) => {
         reason: "bad-second-factor",
         userId: `${userId}`,
       });
-      // The right password and code: options; the code is spent, so it cannot be used again.
+      // A wrong password with the right code spends nothing.
       const code = codeAt(app.clock.now());
+      await expectRpcError(
+        app.account.beginPasskeyRegistration({ password: "not it", code }, auth(sessionToken)),
+        Code.Unauthenticated,
+        "h.bad-password\nh.bad-email",
+      );
+      expect(audits("passkey.refused").at(-1)).toMatchObject({ reason: "bad-password" });
+      // The right password and code: options; the code is spent, so it cannot be used again.
       const { optionsJson } = await app.account.beginPasskeyRegistration(
         { password: user.password, code },
         auth(sessionToken),

@@ -502,6 +502,62 @@ describe.each(backends)("TOTP and recovery codes on $name", (backend) => {
     );
   });
 
+  it("a right password buys no free guesses at codes through the account service", async () => {
+    const user = await enrolled();
+    const headers = auth(user.sessionToken);
+    // BeginPasskeyRegistration with the right password and wrong codes: each call one attempt.
+    for (let i = 0; i < 3; i++) {
+      await expectRpcError(
+        app.account.beginPasskeyRegistration(
+          { password: user.password, code: wrongCode(user.secret) },
+          headers,
+        ),
+        Code.Unauthenticated,
+        "h.bad-second-factor",
+      );
+    }
+    await expectRpcError(
+      app.account.beginPasskeyRegistration(
+        { password: user.password, code: wrongCode(user.secret) },
+        headers,
+      ),
+      Code.ResourceExhausted,
+      "hrpc.resource-exhausted",
+    );
+    app.clock.advance(60_000);
+    // BeginTotpEnrollment with the password, between wrong codes, does not reset the count either:
+    // TOTP is on, so it is refused before the password is looked at.
+    await expectRpcError(
+      app.account.beginTotpEnrollment({ password: user.password }, headers),
+      Code.FailedPrecondition,
+      "h.totp-already-enabled",
+    );
+    await expectRpcError(
+      app.account.regenerateRecoveryCodes({ code: wrongCode(user.secret) }, headers),
+      Code.Unauthenticated,
+      "h.bad-second-factor",
+    );
+    await expectRpcError(
+      app.account.regenerateRecoveryCodes({ code: wrongCode(user.secret) }, headers),
+      Code.ResourceExhausted,
+      "hrpc.resource-exhausted",
+    );
+    // A wrong password with a right code spends nothing; once the wait is over, both right work.
+    app.clock.advance(120_000);
+    const code = totp(user.secret);
+    await expectRpcError(
+      app.account.beginPasskeyRegistration({ password: "not the password", code }, headers),
+      Code.Unauthenticated,
+      "h.bad-password\nh.bad-email",
+    );
+    app.clock.advance(10_000); // past the wait, and the code still within a step of now
+    const { optionsJson } = await app.account.beginPasskeyRegistration(
+      { password: user.password, code },
+      headers,
+    );
+    expect(JSON.parse(optionsJson).challenge).toBeDefined();
+  });
+
   it("turns off with the password and a current code or a recovery code", async () => {
     const user = await enrolled();
     const from = await head();

@@ -277,6 +277,13 @@ describe("which server the page talks to", () => {
       "https://auth.example.org/prefix",
       "grpc-web",
     ],
+    // As built (the meta empty), the link names the server.
+    [
+      "https://app.example.org/?server=https://auth.example.org",
+      "",
+      "https://auth.example.org",
+      "grpc-web",
+    ],
     // A copy that names its server is pinned to it: a link cannot move it.
     [
       "https://app.example.org/?server=https://attacker.example",

@@ -463,24 +463,32 @@ export function createPasskeys(deps: PasskeysDeps): Passkeys {
     async beginRegistration(userId, sessionId, password, code, caller) {
       const { rpId } = need();
       const owner = await localOwner(userId);
-      // The password again, counted on the login schedule: a session alone
-      // (stolen, or left open) must not be able to add a way in that
-      // outlives it.
-      const throttleKey = sha256(emailKey(owner.email));
-      await limits.loginAttempt(throttleKey, caller);
-      if (!(await accounts.verifyPassword(userId, password))) {
-        audit.record("passkey.refused", { caller, userId, reason: "bad-password" });
-        throw new HarmonyError(authErrors.badCredentials, { message: "wrong password" });
-      }
-      await limits.loginSucceeded(throttleKey);
       const existing = await store.list(db, userId);
       if (existing.length >= MAX_PASSKEYS_PER_USER) {
         throw new HarmonyError(passkeyErrors.tooManyPasskeys);
       }
-      await deps.secondFactor.stepUp(userId, code, caller).catch((err: unknown) => {
-        audit.record("passkey.refused", { caller, userId, reason: "bad-second-factor" });
+      // The password again, counted on the login schedule: a session alone
+      // (stolen, or left open) must not be able to add a way in that
+      // outlives it. With TOTP on, a code too (a passkey signs in without
+      // it), checked with the password as one attempt (second-factor.ts).
+      const refused = (err: unknown): never => {
+        // A throttled call is logged as such (login.throttled) by the limits.
+        if (err instanceof HarmonyError && err.spec.code === Code.Unauthenticated) {
+          const reason =
+            err.spec === authErrors.badCredentials ? "bad-password" : "bad-second-factor";
+          audit.record("passkey.refused", { caller, userId, reason });
+        }
         throw err;
-      });
+      };
+      const stepped = await deps.secondFactor.stepUp(userId, password, code, caller).catch(refused);
+      if (!stepped) {
+        const throttleKey = sha256(emailKey(owner.email));
+        await limits.loginAttempt(throttleKey, caller);
+        if (!(await accounts.verifyPassword(userId, password))) {
+          refused(new HarmonyError(authErrors.badCredentials, { message: "wrong password" }));
+        }
+        await limits.loginSucceeded(throttleKey);
+      }
       const options = await generateRegistrationOptions({
         rpName: rpId,
         rpID: rpId,

@@ -136,10 +136,12 @@ export interface SecondFactor {
   /** Spends a checked code in `q`; throws `h.bad-second-factor` when it was used meanwhile. */
   spend(q: Queryable, userId: bigint, checked: CheckedCode): Promise<void>;
   /**
-   * For an account-service call that adds a way in: checks `code` on the
-   * login throttle and spends it. Resolves at once when TOTP is off.
+   * For an account-service call that adds a way in, on an account with TOTP
+   * on: checks the password and `code` as one attempt on the login schedule
+   * (the count is reset only once the code is right, as for a login), and
+   * spends the code. Resolves false, checking nothing, when TOTP is off.
    */
-  stepUp(userId: bigint, code: string, caller: Caller): Promise<void>;
+  stepUp(userId: bigint, password: string, code: string, caller: Caller): Promise<boolean>;
 }
 
 /** What `begin` needs of the calling session. */
@@ -309,6 +311,11 @@ export function createSecondFactor(deps: SecondFactorDeps): SecondFactor {
     async begin(session, password, caller) {
       const { userId } = session;
       const owner = await localOwner(userId);
+      // Before the password: a right one must not reset the count of an
+      // account whose codes are still to be guessed (RegenerateRecoveryCodes).
+      if ((await store.find(db, userId))?.enabledAt !== undefined) {
+        throw new HarmonyError(secondFactorErrors.alreadyEnabled);
+      }
       if (password !== "") {
         await limits.loginAttempt(owner.throttleKey, caller);
         if (!(await accounts.verifyPassword(userId, password))) {
@@ -393,17 +400,19 @@ export function createSecondFactor(deps: SecondFactorDeps): SecondFactor {
     check,
     spend,
 
-    async stepUp(userId, code, caller) {
-      if ((await store.find(db, userId))?.enabledAt === undefined) return;
+    async stepUp(userId, password, code, caller) {
+      if ((await store.find(db, userId))?.enabledAt === undefined) return false;
       if (code.trim() === "") {
         throw new HarmonyError(authErrors.badSecondFactor, {
           message:
             "TOTP is on for this account: send a current code from the authenticator app (or a recovery code) as well",
         });
       }
-      const { checked, throttleKey } = await verifyAll(userId, code, undefined, caller);
+      const { checked, throttleKey } = await verifyAll(userId, code, password, caller);
       await db.transaction((tx) => spend(tx, userId, checked));
       await limits.loginSucceeded(throttleKey);
+      if (checked.kind === "recovery") audit.record("recovery_code.used", { caller, userId });
+      return true;
     },
   };
 }

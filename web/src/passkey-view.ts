@@ -129,14 +129,13 @@ export function renderPasskeys(actions: PasskeyActions): HTMLElement {
     id: codeId,
     name: "code",
     type: "text",
-    inputmode: "numeric",
     autocomplete: "one-time-code",
   });
   // Shown once the account says TOTP is on (a passkey signs in without it).
   const codeField = h(
     "div",
     { class: "field", hidden: true },
-    h("label", { for: codeId }, "Code from your authenticator app (or a recovery code)"),
+    h("label", { for: codeId }, "Code from your authenticator app, or a recovery code"),
     code,
   );
   const add = h("button", { type: "submit" }, "Add a passkey");
@@ -157,9 +156,11 @@ export function renderPasskeys(actions: PasskeyActions): HTMLElement {
     event.preventDefault();
     if (add.disabled) return;
     run([add], async () => {
-      const added = await actions.add(password.value, code.value, name.value);
-      password.value = "";
+      // A code is good once, right or wrong here: the next try needs the next one.
+      const entered = code.value;
       code.value = "";
+      const added = await actions.add(password.value, entered, name.value);
+      password.value = "";
       name.value = "";
       await refresh();
       actions.announce(`The passkey ${added?.name ?? ""} was added: you can sign in with it now.`);
