@@ -1,4 +1,7 @@
+import { execFile } from "node:child_process";
+import { existsSync } from "node:fs";
 import { chmod, lstat, mkdir, readdir } from "node:fs/promises";
+import { createRequire } from "node:module";
 import { join } from "node:path";
 import { PGlite, type PGliteOptions, type Transaction, types } from "@electric-sql/pglite";
 import type { Logger } from "pino";
@@ -91,7 +94,31 @@ const options: PGliteOptions = {
   // PGlite reads int8 as a number when it fits one; pg (as configured) always
   // as a bigint. Callers compare IDs, so both must give bigint.
   parsers: { [types.INT8]: (value: string) => BigInt(value) },
+  // Postgres's 128 MB of shared buffers live in PGlite's WebAssembly memory,
+  // which never shrinks: an idle cadenza held ~340 MB after a restart. Its
+  // tables are small and the data directory's files stay in the OS page
+  // cache, so 8 MB (1,024 pages) costs no measurable speed (BENCHMARKS.md).
+  startParams: [...PGlite.defaultStartParams, "-c", "shared_buffers=8MB"],
 };
+
+/**
+ * Makes a fresh data directory (initdb) in a child process. initdb grows
+ * PGlite's WebAssembly memory to ~500 MB, and a WebAssembly memory never
+ * shrinks: done in this process, a first start kept it for its whole life
+ * (and a worker thread's memory is not all given back either). The
+ * directory is then opened here as on any restart.
+ */
+async function initdbInChild(dataDir: string): Promise<void> {
+  const pglite = createRequire(import.meta.url).resolve("@electric-sql/pglite");
+  const script = `const [pglite, dir] = process.argv.slice(1);
+    require(pglite).PGlite.create(dir).then((db) => db.close());`;
+  await new Promise<void>((resolve, reject) => {
+    execFile(process.execPath, ["-e", script, pglite, dataDir], (err, _stdout, stderr) => {
+      if (!err) return resolve();
+      reject(new Error(`initdb for DATA_DIR=${dataDir} failed: ${stderr.trim() || err.message}`));
+    });
+  });
+}
 
 async function openDataDir(
   dataDir: string,
@@ -116,6 +143,7 @@ async function openDataDir(
   const lock = await acquireDataDirLock(dataDir, logger === undefined ? {} : { logger });
   let db: PGlite | undefined;
   try {
+    if (!existsSync(join(dataDir, "PG_VERSION"))) await initdbInChild(dataDir);
     db = await PGlite.create(dataDir, options);
     await restrictTree(dataDir);
     return { db, lock };
