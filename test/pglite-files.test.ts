@@ -1,15 +1,13 @@
-import { lstatSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
-import { join, relative } from "node:path";
+import { dirname, join, relative } from "node:path";
+import { fileURLToPath } from "node:url";
 import { PGlite } from "@electric-sql/pglite";
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { createPgliteDatabase, DATA_DIR_MODE, DATA_FILE_MODE } from "../src/db/pglite.js";
 import { createTestApp } from "./helpers/app.js";
 import { newUser, register } from "./helpers/flow.js";
-
-/** The object PGlite's `require("fs")` returns, where its calls can be watched. */
-const fs = createRequire(import.meta.url)("node:fs") as typeof import("node:fs");
 
 interface Entry {
   readonly path: string;
@@ -35,44 +33,49 @@ function readableByOthers(list: readonly Entry[], root: string): string[] {
     .map((e) => `${relative(root, e.path) || "."} ${e.mode.toString(8)}`);
 }
 
+const recorder = fileURLToPath(new URL("./helpers/record-creations.cjs", import.meta.url));
+const { recordCreations } = createRequire(import.meta.url)(recorder) as {
+  recordCreations(root: string): {
+    created: { path: string; mode: number }[];
+    restore(): void;
+  };
+};
+
 /**
- * Records the mode every file and folder under `root` is created with, as the
- * kernel applies it (the mode asked for, less the umask at that moment).
- * PGlite's Emscripten NODEFS creates them with these three calls.
+ * Records creations under `root` in this process and in the child processes
+ * it starts meanwhile (cadenza runs initdb in one), through NODE_OPTIONS.
  */
-function recordCreations(root: string) {
-  const created: { path: string; mode: number }[] = [];
-  const originals = {
-    writeFileSync: fs.writeFileSync,
-    mkdirSync: fs.mkdirSync,
-    openSync: fs.openSync,
+function recordEverywhere(root: string) {
+  const here = recordCreations(root);
+  const log = join(mkdtempSync(join(tmpdir(), "cadenza-creations-")), "created.jsonl");
+  const saved = {
+    NODE_OPTIONS: process.env.NODE_OPTIONS,
+    wanted: process.env.CADENZA_RECORD_CREATIONS,
   };
-  const note = (path: unknown, mode: unknown, fallback: number): void => {
-    if (typeof path !== "string" || !path.startsWith(root)) return;
-    const asked = typeof mode === "number" ? mode : fallback;
-    created.push({ path, mode: asked & 0o777 & ~process.umask() });
-  };
-  const patched = fs as unknown as Record<string, (...args: unknown[]) => unknown>;
-  patched.writeFileSync = (...args: unknown[]) => {
-    note(args[0], (args[2] as { mode?: number } | undefined)?.mode, 0o666);
-    return (originals.writeFileSync as (...a: unknown[]) => unknown)(...args);
-  };
-  patched.mkdirSync = (...args: unknown[]) => {
-    const options = args[1];
-    note(
-      args[0],
-      typeof options === "object" ? (options as { mode?: number })?.mode : options,
-      0o777,
-    );
-    return (originals.mkdirSync as (...a: unknown[]) => unknown)(...args);
-  };
-  patched.openSync = (...args: unknown[]) => {
-    if (args[2] !== undefined) note(args[0], args[2], 0o666);
-    return (originals.openSync as (...a: unknown[]) => unknown)(...args);
-  };
+  process.env.NODE_OPTIONS = `${saved.NODE_OPTIONS ?? ""} --require ${recorder}`.trim();
+  process.env.CADENZA_RECORD_CREATIONS = `${root}\n${log}`;
   return {
-    created,
-    restore: () => Object.assign(fs, originals),
+    /** Every creation so far, in this process and in children. */
+    created(): { path: string; mode: number }[] {
+      const children = existsSync(log)
+        ? readFileSync(log, "utf8")
+            .split("\n")
+            .filter(Boolean)
+            .map((l) => JSON.parse(l) as { path: string; mode: number })
+        : [];
+      return [...children, ...here.created];
+    },
+    restore() {
+      here.restore();
+      for (const [name, value] of [
+        ["NODE_OPTIONS", saved.NODE_OPTIONS],
+        ["CADENZA_RECORD_CREATIONS", saved.wanted],
+      ] as const) {
+        if (value === undefined) delete process.env[name];
+        else process.env[name] = value;
+      }
+      rmSync(dirname(log), { recursive: true, force: true });
+    },
   };
 }
 
@@ -99,7 +102,7 @@ describe("PGlite's data directory on disk", () => {
 
   it("is owner-only under umask 000: after registering, after a restart, and for every file made later, WAL included", async () => {
     const root = freshDataDir();
-    const recording = recordCreations(root);
+    const recording = recordEverywhere(root);
     try {
       let db = await createPgliteDatabase(root);
       let app = await createTestApp(db);
@@ -126,9 +129,11 @@ describe("PGlite's data directory on disk", () => {
       expect(readableByOthers(entries(root), root)).toEqual([]);
 
       // Not even for the instant between a file's creation and PGlite's chmod.
-      expect(recording.created.length).toBeGreaterThan(900);
+      // initdb's ~970 files (made in a child process) and those made since.
+      const created = recording.created();
+      expect(created.length).toBeGreaterThan(900);
       expect(
-        recording.created.filter((c) => (c.mode & 0o077) !== 0).map((c) => relative(root, c.path)),
+        created.filter((c) => (c.mode & 0o077) !== 0).map((c) => relative(root, c.path)),
       ).toEqual([]);
     } finally {
       recording.restore();
