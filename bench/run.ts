@@ -3,11 +3,12 @@
  * `dist/main.js`) on Postgres and on PGlite, drives them from separate load
  * processes over loopback, and prints every row of BENCHMARKS.md as a ratio to
  * a ceiling measured in the same run. `--smoke` runs each row briefly at small
- * sizes, to prove the harness works (CI).
+ * sizes, to prove the harness works (CI). `--rows 1,3` runs only those rows,
+ * `--backends pglite` only that database.
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir, totalmem } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
@@ -21,6 +22,15 @@ import type { Protocol, Result, StreamProtocol, Task } from "./load.js";
 
 const root = fileURLToPath(new URL("../", import.meta.url));
 const smoke = process.argv.includes("--smoke");
+/** The value after `--name` on the command line, split at commas. */
+function listArg(name: string): Set<string> | undefined {
+  const at = process.argv.indexOf(name);
+  const value = at === -1 ? undefined : process.argv[at + 1];
+  return value === undefined ? undefined : new Set(value.split(","));
+}
+/** `--rows 1,3`: only those rows (all by default). */
+const onlyRows = listArg("--rows");
+const wants = (row: string) => onlyRows === undefined || onlyRows.has(row);
 const size = smoke
   ? { durationMs: 300, bigTable: 2_000, streams: 50, samples: 10, tokens: 30, users: 2 }
   : {
@@ -60,7 +70,9 @@ const perAddressLimitsOff: Record<string, string> = {
 /** Starts `node dist/main.js`; resolves when /readyz answers 200, with the time that took. */
 async function startServer(env: Record<string, string>): Promise<Server & { readyMs: number }> {
   const started = performance.now();
-  const child = spawn(process.execPath, ["dist/main.js"], {
+  // BENCH_SERVER_NODE_ARGS: flags for the servers' node, such as `--cpu-prof --cpu-prof-dir=prof`.
+  const nodeArgs = process.env.BENCH_SERVER_NODE_ARGS?.split(" ").filter(Boolean) ?? [];
+  const child = spawn(process.execPath, [...nodeArgs, "dist/main.js"], {
     cwd: root,
     env: {
       ...process.env,
@@ -223,7 +235,50 @@ function record(row: Omit<Row, "ok">, ok: boolean) {
   );
 }
 
+/** A process's resident memory, from /proc/<pid>/status. */
+function serverRssMb(pid: number): number {
+  const kb = /VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1];
+  return Number(kb) / 1024;
+}
+
+/** CPU time (user + system, every thread) a process has used, from /proc/<pid>/stat. */
+function serverCpuMs(pid: number): number {
+  // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  return (ticks * 1000) / CLOCK_TICKS_PER_SECOND;
+}
+/** `getconf CLK_TCK`: 100 on Linux for every architecture Node supports. */
+const CLOCK_TICKS_PER_SECOND = 100;
+
+/**
+ * The server's CPU per operation against argon2id's own CPU for one, as
+ * measured in the raw-argon2 load process: what a login or registration costs
+ * beyond the hash (three RPCs, their SQL, the flow).
+ */
+function cpuRow(row: string, what: string, serverMs: number, op: string, raw: Result) {
+  const argonMs = raw.extra?.cpuMsPerOp ?? Number.NaN;
+  const ratio = serverMs / argonMs;
+  // On PGlite the database runs in the server's process, so its CPU counts too: no goal there.
+  const postgres = currentBackend === "postgres";
+  record(
+    {
+      row: `${row}b`,
+      backend: currentBackend,
+      what: `server CPU per ${what}`,
+      measured: `${serverMs.toFixed(1)} ms`,
+      ceiling: `argon2id ${op}: ${argonMs.toFixed(1)} ms CPU`,
+      ratio,
+      goal: postgres ? "≤ 1.15" : "— (SQL in-process)",
+    },
+    !postgres || ratio <= 1.15,
+  );
+}
+let currentBackend: Backend = "postgres";
+
 async function benchBackend(backend: Backend): Promise<void> {
+  currentBackend = backend;
   process.stderr.write(`\n${backend}\n`);
   const dbB = await freshDatabase(backend);
   const dbA = await freshDatabase(backend);
@@ -241,7 +296,8 @@ async function benchBackend(backend: Backend): Promise<void> {
 
     // Row 1: CheckLoggedIn against Key, on the same stack. Three alternating
     // rounds each, medians compared: the machine is shared and noisy.
-    for (const protocol of ["connect-h1", "grpc-h2"] as Protocol[]) {
+    const codecs: Protocol[] = ["connect-h1", "connect-json-h1", "grpc-web-h1", "grpc-h2"];
+    for (const protocol of wants("1") ? codecs : []) {
       const common = {
         kind: "unary",
         url: b.url,
@@ -273,7 +329,7 @@ async function benchBackend(backend: Backend): Promise<void> {
     }
 
     // Row 2: the session check as the sessions table grows (Postgres: rows seeded in SQL).
-    if (backend === "postgres" && dbB.url) {
+    if (wants("2") && backend === "postgres" && dbB.url) {
       const db = new pg.Client({ connectionString: dbB.url });
       await db.connect();
       const seed = async (total: number) => {
@@ -319,68 +375,77 @@ async function benchBackend(backend: Backend): Promise<void> {
     }
 
     // Rows 3 and 4: password logins and registrations against raw argon2id.
-    const users = [];
-    for (let i = 1; i <= size.users; i++) {
-      const { email, password } = await registerUser(b.url, i);
-      users.push({ email, password });
+    if (wants("3") || wants("4")) {
+      const users = [];
+      for (let i = 1; i <= size.users; i++) {
+        const { email, password } = await registerUser(b.url, i);
+        users.push({ email, password });
+      }
+      const rawVerify = await load({
+        kind: "raw-argon2",
+        op: "verify",
+        ...argon2,
+        concurrency: 8,
+        durationMs: size.durationMs,
+      });
+      const loginCpu = serverCpuMs(b.pid);
+      const logins = await load({
+        kind: "logins",
+        url: b.url,
+        users,
+        concurrency: 8,
+        durationMs: size.durationMs,
+      });
+      const loginCpuMs = (serverCpuMs(b.pid) - loginCpu) / logins.count;
+      const loginRatio = logins.perSecond / rawVerify.perSecond;
+      record(
+        {
+          row: "3",
+          backend,
+          what: "password logins (BeginAuth, choice, form), 8 clients",
+          measured: fmt(logins),
+          ceiling: `raw argon2id verify: ${rawVerify.perSecond.toFixed(1)}/s`,
+          ratio: loginRatio,
+          goal: "≥ 0.85",
+        },
+        loginRatio >= 0.85 && logins.errors === 0,
+      );
+      cpuRow("3", "password login", loginCpuMs, "verify", rawVerify);
+      const rawHash = await load({
+        kind: "raw-argon2",
+        op: "hash",
+        ...argon2,
+        concurrency: 8,
+        durationMs: size.durationMs,
+      });
+      const regCpu = serverCpuMs(b.pid);
+      const regs = await load({
+        kind: "registrations",
+        url: b.url,
+        concurrency: 8,
+        durationMs: size.durationMs,
+      });
+      const regCpuMs = (serverCpuMs(b.pid) - regCpu) / regs.count;
+      const regRatio = regs.perSecond / rawHash.perSecond;
+      record(
+        {
+          row: "4",
+          backend,
+          what: "registrations, 8 clients",
+          measured: fmt(regs),
+          ceiling: `raw argon2id hash: ${rawHash.perSecond.toFixed(1)}/s`,
+          ratio: regRatio,
+          goal: "≥ 0.85",
+        },
+        regRatio >= 0.85 && regs.errors === 0,
+      );
+      cpuRow("4", "registration", regCpuMs, "hash", rawHash);
     }
-    const rawVerify = await load({
-      kind: "raw-argon2",
-      op: "verify",
-      ...argon2,
-      concurrency: 8,
-      durationMs: size.durationMs,
-    });
-    const logins = await load({
-      kind: "logins",
-      url: b.url,
-      users,
-      concurrency: 8,
-      durationMs: size.durationMs,
-    });
-    const loginRatio = logins.perSecond / rawVerify.perSecond;
-    record(
-      {
-        row: "3",
-        backend,
-        what: "password logins (BeginAuth, choice, form), 8 clients",
-        measured: fmt(logins),
-        ceiling: `raw argon2id verify: ${rawVerify.perSecond.toFixed(1)}/s`,
-        ratio: loginRatio,
-        goal: "≥ 0.85",
-      },
-      loginRatio >= 0.85 && logins.errors === 0,
-    );
-    const rawHash = await load({
-      kind: "raw-argon2",
-      op: "hash",
-      ...argon2,
-      concurrency: 8,
-      durationMs: size.durationMs,
-    });
-    const regs = await load({
-      kind: "registrations",
-      url: b.url,
-      concurrency: 8,
-      durationMs: size.durationMs,
-    });
-    const regRatio = regs.perSecond / rawHash.perSecond;
-    record(
-      {
-        row: "4",
-        backend,
-        what: "registrations, 8 clients",
-        measured: fmt(regs),
-        ceiling: `raw argon2id hash: ${rawHash.perSecond.toFixed(1)}/s`,
-        ratio: regRatio,
-        goal: "≥ 0.85",
-      },
-      regRatio >= 0.85 && regs.errors === 0,
-    );
 
     // Row 5: many concurrent StreamSteps: server memory and step delivery delay.
     // Each on a fresh server process, so one run's garbage is not counted in the next.
-    for (const protocol of ["connect-h1", "grpc-h2", "hrpc-ws"] as StreamProtocol[]) {
+    const streamProtocols: StreamProtocol[] = ["connect-h1", "grpc-h2", "hrpc-ws"];
+    for (const protocol of wants("5") ? streamProtocols : []) {
       await b.stop();
       b = await startServer(envB);
       servers.push(b);
@@ -408,87 +473,132 @@ async function benchBackend(backend: Backend): Promise<void> {
     }
 
     // Row 6: LoginFederated with the homeserver's key cached, against raw Ed25519 verifies.
-    const portA = await freePort();
-    const a = await startServer({
-      ...dbA.env,
-      PORT: String(portA),
-      SERVER_ID: `127.0.0.1:${portA}`,
-      FEDERATION_ALLOW_INSECURE: "true",
-    });
-    servers.push(a);
-    const alice = await registerUser(a.url, 999);
-    const onA = client(a.url);
-    const tokens: { sig: string; data: string }[] = [];
-    for (let i = 0; i < size.tokens; i += 50) {
-      const batch = await Promise.all(
-        Array.from({ length: Math.min(50, size.tokens - i) }, () =>
-          onA.federate({ serverId: envB.SERVER_ID }, { headers: { authorization: alice.token } }),
-        ),
-      );
-      for (const { token } of batch) {
-        tokens.push({
-          sig: Buffer.from(token?.sig ?? []).toString("base64"),
-          data: Buffer.from(token?.data ?? []).toString("base64"),
-        });
-      }
-    }
-    // One login first, so B has A's key cached.
-    const warm = tokens.pop();
-    if (warm)
-      await client(b.url).loginFederated({
-        serverId: a.id,
-        authToken: { sig: Buffer.from(warm.sig, "base64"), data: Buffer.from(warm.data, "base64") },
+    if (wants("6")) {
+      const portA = await freePort();
+      const a = await startServer({
+        ...dbA.env,
+        PORT: String(portA),
+        SERVER_ID: `127.0.0.1:${portA}`,
+        FEDERATION_ALLOW_INSECURE: "true",
       });
-    const noble = await load({
-      kind: "raw-ed25519",
-      impl: "noble",
-      durationMs: size.durationMs / 2,
-    });
-    const node = await load({ kind: "raw-ed25519", impl: "node", durationMs: size.durationMs / 2 });
-    const fed = await load({
-      kind: "federated",
-      url: b.url,
-      issuer: a.id,
-      tokens,
-      concurrency: 16,
-    });
-    const fedRatio = fed.perSecond / noble.perSecond;
-    record(
-      {
-        row: "6",
-        backend,
-        what: "LoginFederated, key cached, 16 clients",
-        measured: fmt(fed),
-        ceiling: `raw verify: @noble/ed25519 ${noble.perSecond.toFixed(0)}/s, node:crypto ${node.perSecond.toFixed(0)}/s`,
-        ratio: fedRatio,
-        goal: "≥ 0.8",
-      },
-      fedRatio >= 0.8 && fed.errors === 0,
-    );
+      servers.push(a);
+      const alice = await registerUser(a.url, 999);
+      const onA = client(a.url);
+      const tokens: { sig: string; data: string }[] = [];
+      for (let i = 0; i < size.tokens; i += 50) {
+        const batch = await Promise.all(
+          Array.from({ length: Math.min(50, size.tokens - i) }, () =>
+            onA.federate({ serverId: envB.SERVER_ID }, { headers: { authorization: alice.token } }),
+          ),
+        );
+        for (const { token } of batch) {
+          tokens.push({
+            sig: Buffer.from(token?.sig ?? []).toString("base64"),
+            data: Buffer.from(token?.data ?? []).toString("base64"),
+          });
+        }
+      }
+      // One login first, so B has A's key cached.
+      const warm = tokens.pop();
+      if (warm)
+        await client(b.url).loginFederated({
+          serverId: a.id,
+          authToken: {
+            sig: Buffer.from(warm.sig, "base64"),
+            data: Buffer.from(warm.data, "base64"),
+          },
+        });
+      const noble = await load({
+        kind: "raw-ed25519",
+        impl: "noble",
+        durationMs: size.durationMs / 2,
+      });
+      const node = await load({
+        kind: "raw-ed25519",
+        impl: "node",
+        durationMs: size.durationMs / 2,
+      });
+      const fed = await load({
+        kind: "federated",
+        url: b.url,
+        issuer: a.id,
+        tokens,
+        concurrency: 16,
+      });
+      const fedRatio = fed.perSecond / noble.perSecond;
+      record(
+        {
+          row: "6",
+          backend,
+          what: "LoginFederated, key cached, 16 clients",
+          measured: fmt(fed),
+          ceiling: `raw verify: @noble/ed25519 ${noble.perSecond.toFixed(0)}/s, node:crypto ${node.perSecond.toFixed(0)}/s`,
+          ratio: fedRatio,
+          goal: "≥ 0.8",
+        },
+        fedRatio >= 0.8 && fed.errors === 0,
+      );
+    }
 
     // Row 7: start-up to /readyz on the existing database.
-    await b.stop();
-    const times: number[] = [];
-    for (let i = 0; i < 3; i++) {
-      b = await startServer(envB);
-      servers.push(b);
-      times.push(b.readyMs);
+    if (wants("7")) {
       await b.stop();
+      const times: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        b = await startServer(envB);
+        servers.push(b);
+        times.push(b.readyMs);
+        await b.stop();
+      }
+      times.sort((x, y) => x - y);
+      const middle = times[1] ?? 0;
+      record(
+        {
+          row: "7",
+          backend,
+          what: "start-up to /readyz, existing database",
+          measured: `median ${middle.toFixed(0)} ms of 3 (${times.map((t) => t.toFixed(0)).join(", ")})`,
+          ceiling: "—",
+          ratio: undefined,
+          goal: "< 1 s",
+        },
+        middle < 1000,
+      );
     }
-    times.sort((x, y) => x - y);
-    const middle = times[1] ?? 0;
-    record(
-      {
-        row: "7",
-        backend,
-        what: "start-up to /readyz, existing database",
-        measured: `median ${middle.toFixed(0)} ms of 3 (${times.map((t) => t.toFixed(0)).join(", ")})`,
-        ceiling: "—",
-        ratio: undefined,
-        goal: "< 1 s",
-      },
-      middle < 1000,
-    );
+
+    // Row 8: an idle server's memory on a fresh database and after a restart on it.
+    if (wants("8")) {
+      const fresh = await freshDatabase(backend);
+      const port = await freePort();
+      const env = { ...fresh.env, PORT: String(port), SERVER_ID: `127.0.0.1:${port}` };
+      const idleRss: number[] = [];
+      try {
+        for (let start = 0; start < 2; start++) {
+          const server = await startServer(env);
+          servers.push(server);
+          // Whatever start-up left to collect is collected meanwhile.
+          await new Promise((r) => setTimeout(r, smoke ? 1000 : 10_000));
+          idleRss.push(serverRssMb(server.pid));
+          await server.stop();
+        }
+      } finally {
+        await fresh.drop();
+      }
+      const [first = 0, restart = 0] = idleRss;
+      const goals = backend === "pglite" ? { first: 250, restart: 150 } : undefined;
+      record(
+        {
+          row: "8",
+          backend,
+          what: "idle RSS: first start on a fresh database, then a restart",
+          measured: `${first.toFixed(0)} MB, then ${restart.toFixed(0)} MB`,
+          ceiling: "—",
+          ratio: undefined,
+          goal: goals ? `≤ ${goals.first} MB, ≤ ${goals.restart} MB` : "— (for comparison)",
+        },
+        goals === undefined || (first <= goals.first && restart <= goals.restart),
+      );
+    }
   } finally {
     for (const s of servers) await s.stop();
     await dbA.drop();
@@ -497,8 +607,12 @@ async function benchBackend(backend: Backend): Promise<void> {
 }
 
 // The smoke run proves the harness on the database CI certainly has.
-const backendsToRun: Backend[] = smoke ? ["postgres"] : ["postgres", "pglite"];
-for (const backend of backendsToRun) await benchBackend(backend);
+const backendsToRun = [
+  ...(listArg("--backends") ?? (smoke ? ["postgres"] : ["postgres", "pglite"])),
+];
+const unknownBackend = backendsToRun.find((b) => b !== "postgres" && b !== "pglite");
+if (unknownBackend) throw new Error(`--backends: ${unknownBackend} is not postgres or pglite`);
+for (const backend of backendsToRun as Backend[]) await benchBackend(backend);
 
 const cpu = cpus()[0]?.model ?? "unknown CPU";
 process.stdout.write(
