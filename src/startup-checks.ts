@@ -7,6 +7,9 @@ import { checkDataDir, inMemory } from "./db/data-dir-lock.js";
 import { StartupError } from "./errors.js";
 import { isLoopbackHost } from "./net-address.js";
 
+/** An INTERNAL_TOKEN shorter than this is accepted, with a warning at start. */
+const MIN_INTERNAL_TOKEN_LENGTH = 16;
+
 /**
  * What an operator should hear about at every start: settings that work but
  * leave the server weaker than it should be, each with what to do.
@@ -26,6 +29,13 @@ export function startupWarnings(config: Config): string[] {
       `INTERNAL_TOKEN is unset, so any process that can reach ${config.internal.host}:${config.internal.port} ` +
         "(on this machine, or in this container's network) can introspect sessions, sign federation tokens and run admin commands. " +
         "Set INTERNAL_TOKEN to a long random value (`openssl rand -base64 32`) and give it to the chat server and the CLI.",
+    );
+  }
+  const token = config.internal.token;
+  if (token !== undefined && token.length < MIN_INTERNAL_TOKEN_LENGTH) {
+    warnings.push(
+      `INTERNAL_TOKEN is only ${token.length} characters long, short enough to guess: ` +
+        "set it to a long random value (`openssl rand -base64 32`) and give it to the chat server and the CLI.",
     );
   }
   warnings.push(...lookalikeWarnings(config));

@@ -290,7 +290,7 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
 
     it("verifies on B what A's SignToken signed, with LoginFederated's errors", async () => {
       const data = new TextEncoder().encode("guild sync from A's chat server");
-      const { token } = await internal(a).signToken({ data });
+      const token = await internal(a).signToken({ data });
       expect((await internal(b).verifyToken({ serverId: a.id, token })).data).toEqual(data);
       await expectRpcError(
         internal(b).verifyToken({

@@ -232,7 +232,7 @@ describe.each(backends)("HomeserverService on $name", (backend) => {
   describe("SignToken", () => {
     it("signs the bytes with the key Key publishes", async () => {
       const data = new TextEncoder().encode("sync from the chat server");
-      const { token } = await app.homeserver.signToken({ data });
+      const token = await app.homeserver.signToken({ data });
       const { key } = await app.client.key({});
       const publicKey = createPublicKey({
         key: Buffer.concat([Buffer.from("302a300506032b6570032100", "hex"), key]),

@@ -263,14 +263,14 @@ describe.each(backends)("the account lifecycle on $name", (backend) => {
       expect(current?.sessionId).toBe(
         (await app.homeserver.introspect({ sessionToken: b.sessionToken })).sessionId,
       );
-      await app.account.revokeSession({ sessionId: cId }, auth(b.sessionToken));
+      await app.account.revokeSession({ id: cId }, auth(b.sessionToken));
       await expectRpcError(
         app.client.checkLoggedIn({}, auth(c.sessionToken)),
         Code.Unauthenticated,
         "h.blank-session",
       );
       await expectRpcError(
-        app.account.revokeSession({ sessionId: cId }, auth(b.sessionToken)),
+        app.account.revokeSession({ id: cId }, auth(b.sessionToken)),
         Code.InvalidArgument,
         "h.bad-session-id",
       );
@@ -295,7 +295,7 @@ describe.each(backends)("the account lifecycle on $name", (backend) => {
       const theirId = (await app.homeserver.introspect({ sessionToken: theirs.sessionToken }))
         .sessionId;
       await expectRpcError(
-        app.account.revokeSession({ sessionId: theirId }, auth(mine.sessionToken)),
+        app.account.revokeSession({ id: theirId }, auth(mine.sessionToken)),
         Code.InvalidArgument,
         "h.bad-session-id",
       );

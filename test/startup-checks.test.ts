@@ -39,6 +39,13 @@ describe("startup warnings", () => {
     expect(warning).toContain("127.0.0.1:2290");
   });
 
+  it("takes a short INTERNAL_TOKEN, with a warning, and refuses one with a space", () => {
+    const [warning, ...rest] = startupWarnings(loadConfig({ INTERNAL_TOKEN: "secret" }));
+    expect(rest).toEqual([]);
+    expect(warning).toContain("INTERNAL_TOKEN is only 6 characters long");
+    expect(() => loadConfig({ INTERNAL_TOKEN: "two words" })).toThrow("no spaces");
+  });
+
   it("is silent on loopback, or with KEY_ENCRYPTION_KEY and INTERNAL_TOKEN set", () => {
     expect(startupWarnings(loadConfig({}))).toEqual([]);
     expect(

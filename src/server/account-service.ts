@@ -63,7 +63,7 @@ export function createAccountServiceImpl({
 
     async revokeSession(req, ctx) {
       const me = caller(ctx);
-      const ended = await accountAdmin.revokeSessions(me.userId, [req.sessionId]);
+      const ended = await accountAdmin.revokeSessions(me.userId, [req.id]);
       if (ended.length === 0) {
         throw new HarmonyError(adminErrors.badSessionId, {
           message: "you have no session with that ID; ListSessions names them",

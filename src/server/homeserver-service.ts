@@ -130,7 +130,7 @@ export function createHomeserverServiceImpl({
     },
 
     async signToken(req) {
-      return { token: federation.sign(req.data) };
+      return federation.sign(req.data);
     },
 
     async verifyToken(req) {

@@ -120,7 +120,7 @@ export function startApp({ root, status, config, clients, sessions }: AppDeps): 
     const actions: AccountActions = {
       list: async () => (await clients.account.listSessions({}, auth)).sessions,
       revoke: async (sessionId) => {
-        await clients.account.revokeSession({ sessionId }, auth);
+        await clients.account.revokeSession({ id: sessionId }, auth);
       },
       revokeOthers: async () => (await clients.account.revokeOtherSessions({}, auth)).revoked,
       logout: async () => {
