@@ -135,7 +135,8 @@ export interface LimitsConfig {
   readonly liveFlowsPerAddress: number | undefined;
   readonly streamsPerAddress: number | undefined;
   readonly openStreams: number | undefined;
-  readonly argon2: { readonly inFlight: number; readonly queued: number };
+  /** undefined: no bound (ARGON2_MAX_IN_FLIGHT=off / ARGON2_MAX_QUEUED=off). */
+  readonly argon2: { readonly inFlight: number | undefined; readonly queued: number | undefined };
 }
 
 export interface FederationConfig {

@@ -419,12 +419,12 @@ export const settings = {
   }),
   ARGON2_MAX_IN_FLIGHT: setting({
     default: "4",
-    parse: int(1, 1024),
-    doc: "argon2id hashes computed at once per process (libuv's thread pool has 4 threads unless `UV_THREADPOOL_SIZE` says otherwise)",
+    parse: limit(1, 1024),
+    doc: "argon2id hashes computed at once per process (libuv's thread pool has 4 threads unless `UV_THREADPOOL_SIZE` says otherwise); `off`: no gate",
   }),
   ARGON2_MAX_QUEUED: setting({
     default: "64",
-    parse: int(0, 100_000),
+    parse: limit(0, 100_000),
     doc: "argon2id hashes waiting for a thread; beyond it a login or registration is refused at once with `hrpc.resource-exhausted` and `Retry-After`",
   }),
   KEY_ENCRYPTION_KEY: setting({

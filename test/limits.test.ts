@@ -1,7 +1,8 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import { Code, createClient } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { WebSocket } from "ws";
 import { type AppContext, createAppContext } from "../src/app-context.js";
 import type { PasswordHasher } from "../src/auth/password-hasher.js";
 import { ErrorSchema, RetryInfoSchema } from "../src/gen/hrpc/v1/hrpc_pb.js";
@@ -310,9 +311,15 @@ describe("the argon2id gate in a server", () => {
       verify: (phc, p) => new Promise((r) => gates.push(() => r(fastHasher.verify(phc, p)))),
       needsRehash: () => false,
     };
+    const lines: string[] = [];
     const ctx = await createAppContext(
       testConfig({ ARGON2_MAX_IN_FLIGHT: "1", ARGON2_MAX_QUEUED: "1" }),
-      { db: database.db, hasher: stuck, logger: pino({ level: "silent" }), background: false },
+      {
+        db: database.db,
+        hasher: stuck,
+        logger: pino({ level: "info" }, { write: (line: string) => lines.push(line) }),
+        background: false,
+      },
     );
     try {
       const login = async () => {
@@ -339,6 +346,10 @@ describe("the argon2id gate in a server", () => {
         codeName: "ResourceExhausted",
         identifier: "hrpc.resource-exhausted",
       });
+      // Audited and counted, as every refusal is.
+      const audited = lines.map((l) => JSON.parse(l)).filter((l) => l.audit === "limit.exceeded");
+      expect(audited).toMatchObject([{ limit: "argon2" }]);
+      expect(await ctx.metrics.text()).toMatch(/cadenza_limit_exceeded_total\{limit="argon2"\} 1/);
       // Let the verifications go one at a time: the queued login runs when the first ends.
       gates.shift()?.();
       await expect.poll(() => gates.length).toBe(1);
@@ -347,6 +358,76 @@ describe("the argon2id gate in a server", () => {
         expect(result).toMatchObject({ identifier: "h.bad-password\nh.bad-email" });
       }
     } finally {
+      await ctx.close();
+      await database.close();
+    }
+  });
+});
+
+describe("open streams per address, in a server", () => {
+  it("refuses one stream too many from an address, on Connect and hRPC alike, audited", async () => {
+    const database = await pglite.open();
+    const lines: string[] = [];
+    const ctx = await createAppContext(testConfig({ LIMIT_STREAMS_PER_ADDRESS: "2" }), {
+      db: database.db,
+      hasher: fastHasher,
+      logger: pino({ level: "info" }, { write: (line: string) => lines.push(line) }),
+      background: false,
+    });
+    const server = await startServer(ctx);
+    const transports = transportFactory();
+    const abort = new AbortController();
+    const later = new AbortController();
+    try {
+      const client = createClient(AuthService, transports.create("connect-json/http1", server.url));
+      /** Opens StreamSteps on a fresh flow; resolves once the server sent the first step. */
+      const openStream = async (signal: AbortSignal) => {
+        const { authId } = await client.beginAuth({});
+        const stream = client.streamSteps({ authId }, { signal })[Symbol.asyncIterator]();
+        const first = stream.next();
+        // A refusal may come before nextStep answers: it is awaited below.
+        first.catch(() => {});
+        await client.nextStep({ authId });
+        await first;
+        return stream;
+      };
+      const held = [await openStream(abort.signal), await openStream(abort.signal)];
+      expect(held).toHaveLength(2);
+      const third = await rpcError(openStream(new AbortController().signal));
+      expect(third).toMatchObject({
+        codeName: "ResourceExhausted",
+        identifier: "hrpc.resource-exhausted",
+      });
+      expect(third.message).toContain("too many open streams from your address (2)");
+      // hRPC's WebSockets share the same slots: its handshake is refused with 429.
+      const ws = new WebSocket(
+        `${server.url.replace(/^http/, "ws")}/protocol.auth.v1.AuthService/StreamSteps`,
+        ["hrpc1"],
+      );
+      ws.on("error", () => {});
+      const status = await new Promise<number | undefined>((resolve, reject) => {
+        ws.once("unexpected-response", (_req, res) => resolve(res.statusCode));
+        ws.once("open", () => reject(new Error("the handshake succeeded")));
+      });
+      ws.terminate();
+      expect(status).toBe(429);
+      const audited = lines.map((l) => JSON.parse(l)).filter((l) => l.audit === "limit.exceeded");
+      expect(audited.map((l) => l.limit)).toEqual(["streamsPerAddress", "streamsPerAddress"]);
+      // Closing them frees their slots (released as the server sees each call end).
+      abort.abort();
+      await expect
+        .poll(() =>
+          openStream(later.signal).then(
+            () => "opened",
+            (err: unknown) => Code[ConnectError.from(err).code],
+          ),
+        )
+        .toBe("opened");
+    } finally {
+      abort.abort();
+      later.abort();
+      transports.closeAll();
+      await server.close();
       await ctx.close();
       await database.close();
     }

@@ -13,7 +13,12 @@ export interface Gate {
   readonly queued: number;
 }
 
-export function createGate(limits: { inFlight: number; queued: number }): Gate {
+export function createGate(
+  limits: { inFlight: number | undefined; queued: number | undefined },
+  onRefused: () => void = () => {},
+): Gate {
+  const inFlight = limits.inFlight ?? Number.POSITIVE_INFINITY;
+  const queued = limits.queued ?? Number.POSITIVE_INFINITY;
   let running = 0;
   const waiting: (() => void)[] = [];
   const release = (): void => {
@@ -23,8 +28,9 @@ export function createGate(limits: { inFlight: number; queued: number }): Gate {
   };
   return {
     async run(work) {
-      if (running >= limits.inFlight) {
-        if (waiting.length >= limits.queued) {
+      if (running >= inFlight) {
+        if (waiting.length >= queued) {
+          onRefused();
           throw new HarmonyError(limitErrors.serverBusy, { retryAfterSeconds: 1 });
         }
         // A released slot passes straight to the next waiter.

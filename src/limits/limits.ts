@@ -5,6 +5,7 @@ import type { LimitsConfig } from "../config.js";
 import type { Database } from "../db/database.js";
 import { HarmonyError } from "../errors.js";
 import { createGate, createStreamSlots, type Gate, type StreamSlots } from "./admission.js";
+import { limitErrors } from "./limit-errors.js";
 import { createLoginThrottle, type LoginThrottleStore } from "./login-throttle.js";
 import { createRateLimits, type RateKind } from "./rate-limits.js";
 
@@ -68,10 +69,34 @@ export function createLimits(deps: {
     },
     loginSucceeded: (key) => login.succeeded(key),
     liveFlowsPerAddress: config.liveFlowsPerAddress,
-    streams: createStreamSlots({ perAddress: config.streamsPerAddress, total: config.openStreams }),
-    argon2: createGate(config.argon2),
+    streams: auditedSlots(
+      createStreamSlots({ perAddress: config.streamsPerAddress, total: config.openStreams }),
+      audit,
+    ),
+    argon2: createGate(config.argon2, () => audit.record("limit.exceeded", { limit: "argon2" })),
     async sweep() {
       return (await rates.sweep()) + (await login.sweep());
+    },
+  };
+}
+
+/** Stream slots whose refusals are audited (`limit.exceeded`, counted in the metrics). */
+function auditedSlots(slots: StreamSlots, audit: Audit): StreamSlots {
+  return {
+    acquire(address) {
+      try {
+        return slots.acquire(address);
+      } catch (err) {
+        if (err instanceof HarmonyError) {
+          const limit =
+            err.spec === limitErrors.tooManyStreams ? "streamsPerAddress" : "openStreams";
+          audit.record("limit.exceeded", { caller: { address, userAgent: undefined }, limit });
+        }
+        throw err;
+      }
+    },
+    get open() {
+      return slots.open;
     },
   };
 }
