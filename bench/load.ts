@@ -7,7 +7,7 @@ import { createPublicKey, verify as nodeVerify } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { performance } from "node:perf_hooks";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { type Client, createClient, type Transport } from "@connectrpc/connect";
+import { type Client, Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
 import {
   createConnectTransport,
   createGrpcTransport,
@@ -18,6 +18,7 @@ import * as ed from "@noble/ed25519";
 import { hash, verify } from "@node-rs/argon2";
 import { WebSocket } from "ws";
 import { generateKeyPair, sign } from "../src/federation/ed25519.js";
+import { HomeserverService } from "../src/gen/cadenza/homeserver/v1/homeserver_pb.js";
 import { AuthService, StreamStepsRequestSchema } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { choice, loginForm, registerForm } from "./forms.js";
 
@@ -30,7 +31,8 @@ export type Task =
       kind: "unary";
       url: string;
       protocol: Protocol;
-      method: "key" | "checkLoggedIn";
+      /** introspect: HomeserverService on the internal port (`url` is then that port's). */
+      method: "key" | "checkLoggedIn" | "introspect";
       token?: string;
       concurrency: number;
       durationMs: number;
@@ -39,6 +41,17 @@ export type Task =
       kind: "logins";
       url: string;
       users: { email: string; password: string }[];
+      concurrency: number;
+      durationMs: number;
+      /** The loopback address to connect from (another client address), default 127.0.0.1. */
+      localAddress?: string;
+    }
+  | {
+      /** Wrong passwords for one account, as fast as answers come, from `localAddress`. */
+      kind: "guesses";
+      url: string;
+      email: string;
+      localAddress: string;
       concurrency: number;
       durationMs: number;
     }
@@ -80,12 +93,13 @@ export interface Result {
 }
 
 const managers: Http2SessionManager[] = [];
-function transport(url: string, protocol: Protocol): Transport {
+function transport(url: string, protocol: Protocol, localAddress?: string): Transport {
   if (protocol === "connect-h1" || protocol === "connect-json-h1") {
     return createConnectTransport({
       baseUrl: url,
       httpVersion: "1.1",
       useBinaryFormat: protocol === "connect-h1",
+      ...(localAddress ? { nodeOptions: { localAddress } } : {}),
     });
   }
   if (protocol === "grpc-web-h1") {
@@ -152,16 +166,25 @@ async function login(client: Client<typeof AuthService>, email: string, password
 async function run(task: Task): Promise<Result> {
   switch (task.kind) {
     case "unary": {
-      const client = createClient(AuthService, transport(task.url, task.protocol));
+      const via = transport(task.url, task.protocol);
+      const client = createClient(AuthService, via);
+      const homeserver = createClient(HomeserverService, via);
       const headers = { authorization: task.token ?? "" };
+      const sessionToken = task.token ?? "";
       return closedLoop(task.concurrency, task.durationMs, async () => {
         if (task.method === "key") await client.key({});
+        else if (task.method === "introspect") await homeserver.introspect({ sessionToken });
         else await client.checkLoggedIn({}, { headers });
         return true;
       });
     }
+    case "guesses":
+      return guesses(task);
     case "logins": {
-      const client = createClient(AuthService, transport(task.url, "connect-h1"));
+      const client = createClient(
+        AuthService,
+        transport(task.url, "connect-h1", task.localAddress),
+      );
       return closedLoop(task.concurrency, task.durationMs, async (worker, i) => {
         const user = task.users[(worker + i * task.concurrency) % task.users.length];
         if (!user) return false;
@@ -245,6 +268,47 @@ async function run(task: Task): Promise<Result> {
     case "streams":
       return streams(task);
   }
+}
+
+/**
+ * A password-guessing client: wrong passwords for one account, each sent as
+ * soon as the last was answered. `extra` counts the guesses the server
+ * verified (answered as a wrong password) and those it refused unverified
+ * (throttled by the login schedule).
+ */
+async function guesses(task: Extract<Task, { kind: "guesses" }>): Promise<Result> {
+  const client = createClient(AuthService, transport(task.url, "connect-h1", task.localAddress));
+  let verified = 0;
+  let throttled = 0;
+  let other = 0;
+  const deadline = performance.now() + task.durationMs;
+  const start = performance.now();
+  await Promise.all(
+    Array.from({ length: task.concurrency }, async (_, worker) => {
+      for (let i = 0; performance.now() < deadline; i++) {
+        try {
+          await login(client, task.email, `wrong guess ${worker}-${i}`);
+          other++;
+        } catch (err) {
+          const code = ConnectError.from(err).code;
+          if (code === Code.Unauthenticated) verified++;
+          else if (code === Code.ResourceExhausted) throttled++;
+          else other++;
+        }
+      }
+    }),
+  );
+  const seconds = (performance.now() - start) / 1000;
+  const count = verified + throttled + other;
+  return {
+    count,
+    seconds,
+    perSecond: count / seconds,
+    p50Ms: 0,
+    p99Ms: 0,
+    errors: other,
+    extra: { verified, throttled },
+  };
 }
 
 /** Opens `count` StreamSteps calls, then measures NextStep-to-stream delay on `samples` of them. */
