@@ -97,6 +97,39 @@ describe("the public and the internal port", () => {
     expect((await post(server.url, "/protocol.auth.v1.AuthService/Key")).status).toBe(200);
   });
 
+  it("logs one line per call at debug: method, protocol, code, duration, client address", async () => {
+    const lines: string[] = [];
+    const logged = await createAppContext(testConfig({ LOG_LEVEL: "debug" }), {
+      db: database.db,
+      hasher: fastHasher,
+      logger: pino({ level: "debug" }, { write: (line: string) => lines.push(line) }),
+      background: false,
+    });
+    const running = await startServer(logged);
+    try {
+      const client = createClient(AuthService, transports.create("grpc-web/http1", running.url));
+      await client.key({});
+      await rpcError(client.checkLoggedIn({}, { headers: { authorization: "not-a-token" } }));
+      const calls = lines.map((l) => JSON.parse(l)).filter((l) => l.msg === "rpc");
+      expect(calls).toMatchObject([
+        {
+          level: 20,
+          method: "Key",
+          service: "protocol.auth.v1.AuthService",
+          protocol: "grpc-web",
+          code: "ok",
+          address: "127.0.0.1",
+        },
+        { method: "CheckLoggedIn", protocol: "grpc-web", code: "unauthenticated" },
+      ]);
+      expect(typeof calls[0]?.durationMs).toBe("number");
+      expect(lines.join("\n")).not.toContain("not-a-token");
+    } finally {
+      await running.close();
+      await logged.close();
+    }
+  });
+
   it("refuses every internal call without the token, naming INTERNAL_TOKEN", async () => {
     const admin = createClient(
       AdminService,

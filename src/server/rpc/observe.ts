@@ -32,6 +32,8 @@ export function createCallObserver(logger: Logger, metrics: Pick<Metrics, "rpc">
     );
     logger.debug(
       {
+        method: end.procedure.slice(slash + 1),
+        service: end.procedure.slice(0, slash),
         procedure: end.procedure,
         protocol: end.protocol,
         code,
