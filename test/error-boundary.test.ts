@@ -555,7 +555,7 @@ describe("WebSocket handshakes ws itself refuses", () => {
 });
 
 describe("cancelled streams", () => {
-  it.each(["connect", "grpc", "hrpc"] as const)(
+  it.each(["connect", "grpc-web", "grpc", "hrpc"] as const)(
     "%s: a client closing StreamSteps is logged at debug, never as an error",
     async (protocol) => {
       const authId = await ctx.flows.begin();
@@ -574,11 +574,14 @@ describe("cancelled streams", () => {
         ws.send(request);
         await first;
         ws.terminate();
-      } else if (protocol === "connect") {
+      } else if (protocol === "connect" || protocol === "grpc-web") {
         const abort = new AbortController();
         const res = await fetch(`${server.url}${path("StreamSteps")}`, {
           method: "POST",
-          headers: { "content-type": "application/connect+proto" },
+          headers: {
+            "content-type":
+              protocol === "connect" ? "application/connect+proto" : "application/grpc-web+proto",
+          },
           body: encodeEnvelope(0, request),
           signal: abort.signal,
         });
@@ -603,4 +606,37 @@ describe("cancelled streams", () => {
       expect(logs.filter((l) => (l.level as number) >= 40)).toEqual([]);
     },
   );
+
+  it("holds forty open streams without a MaxListenersExceededWarning", async () => {
+    // Each call in flight listens on the server's shutdown signal (build-app.ts).
+    const warnings: Error[] = [];
+    const onWarning = (w: Error) => warnings.push(w);
+    process.on("warning", onWarning);
+    const abort = new AbortController();
+    try {
+      const opened = await Promise.all(
+        // Forty: past the warning's threshold of 10, within LIMIT_STREAMS_PER_ADDRESS.
+        Array.from({ length: 40 }, async () => {
+          const authId = await ctx.flows.begin();
+          await ctx.flows.advance(authId, { kind: "current" });
+          const res = await fetch(`${server.url}${path("StreamSteps")}`, {
+            method: "POST",
+            headers: { "content-type": "application/connect+proto" },
+            body: encodeEnvelope(
+              0,
+              toBinary(StreamStepsRequestSchema, create(StreamStepsRequestSchema, { authId })),
+            ),
+            signal: abort.signal,
+          });
+          return res.status;
+        }),
+      );
+      expect(opened.every((status) => status === 200)).toBe(true);
+      await new Promise((r) => setImmediate(r));
+      expect(warnings.map((w) => w.name)).not.toContain("MaxListenersExceededWarning");
+    } finally {
+      abort.abort();
+      process.off("warning", onWarning);
+    }
+  });
 });
