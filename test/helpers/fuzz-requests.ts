@@ -1,5 +1,7 @@
 import type { DescMethod } from "@bufbuild/protobuf";
 import fc from "fast-check";
+import { AccountService } from "../../src/gen/cadenza/account/v1/account_pb.js";
+import { PasskeyService } from "../../src/gen/cadenza/passkey/v1/passkey_pb.js";
 import { AuthService } from "../../src/gen/protocol/auth/v1/auth_pb.js";
 import {
   binaryBody,
@@ -16,7 +18,7 @@ import {
 import type { Header, RawRequest, WsFrame, WsRequest } from "./wire.js";
 
 /**
- * fast-check generators of requests for every method of AuthService (read
+ * fast-check generators of requests for every method of the public port (read
  * from its descriptor) and for paths that are none, in every protocol
  * cadenza serves: bodies from fuzz-bodies.ts, headers near the real ones,
  * paths and verbs, WebSocket handshakes and frames; two in five
@@ -45,7 +47,12 @@ export type FuzzCase =
       readonly violation: boolean;
     };
 
-export const methods: readonly DescMethod[] = AuthService.methods;
+/** Every method the public port serves: Harmony's AuthService and cadenza's own public services. */
+export const methods: readonly DescMethod[] = [
+  ...AuthService.methods,
+  ...AccountService.methods,
+  ...PasskeyService.methods,
+];
 export const methodPath = (m: DescMethod) => `/${m.parent.typeName}/${m.name}`;
 const methodPaths = new Set(methods.map(methodPath));
 /** Whether a request path (its query aside) is one of the service's methods. */
