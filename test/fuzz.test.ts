@@ -28,8 +28,9 @@ import { type Answer, closeWire, sendRaw, sendWs, type WsAnswer } from "./helper
 
 /**
  * The fuzz suite: fast-check generates batches of requests (bodies,
- * envelopes, headers) for every method of the public port (AuthService, AccountService, PasskeyService) and for paths that are
- * none, in every protocol, and sends them to one in-process server. Whatever
+ * envelopes, headers) for every method of the public port (AuthService,
+ * AccountService, PasskeyService) and for paths that are none, in every
+ * protocol, and sends them to one in-process server. Whatever
  * is sent, no answer is a server fault (Internal, Unavailable, HTTP 5xx),
  * every error carries a Harmony identifier, nothing is logged at error, the
  * process does not crash, and after each batch a normal BeginAuth + NextStep
