@@ -186,6 +186,55 @@ describe.each(backends)("the account lifecycle on $name", (backend) => {
     });
   });
 
+  describe("email sending limits", () => {
+    it("caps codes per email address, known or not, and per client address", async () => {
+      const limited = await createTestApp(database.db, {
+        env: {
+          SMTP_URL: smtp.url,
+          LIMIT_EMAILS_PER_ACCOUNT: "2/1h",
+          LIMIT_EMAILS_PER_ADDRESS: "4/1h",
+        },
+        clock: app.clock,
+      });
+      try {
+        const ask = async (email: string) => {
+          const { authId } = await limited.client.beginAuth({});
+          await limited.client.nextStep({ authId });
+          await choose(limited.client, authId, "other-options");
+          await choose(limited.client, authId, "reset-password");
+          return submitForm(limited.client, authId, [text(email)]);
+        };
+        const user = newUser();
+        await register(limited.client, user);
+        // Two for one address, each emailed; the third is refused, and nothing is sent for it.
+        for (let i = 0; i < 2; i++) {
+          expect(titleOf(await ask(user.email))).toBe("reset-password-input-token");
+          await smtp.next(user.email);
+        }
+        const sent = smtp.received.length;
+        const third = await rpcError(ask(user.email));
+        expect(third).toMatchObject({
+          codeName: "ResourceExhausted",
+          identifier: "hrpc.resource-exhausted",
+        });
+        // An unknown address has the same budget per address…
+        expect(titleOf(await ask("nobody-limited@example.org"))).toBe("reset-password-input-token");
+        // …and the client's fifth request in all (the refused one counted) is refused,
+        // whatever the address.
+        await expectRpcError(
+          ask(newUser().email),
+          Code.ResourceExhausted,
+          "hrpc.resource-exhausted",
+        );
+        // The refused ones sent nothing (the unknown address never gets mail).
+        await new Promise((r) => setTimeout(r, 200));
+        expect(smtp.received.length).toBe(sent);
+      } finally {
+        await limited.close();
+      }
+    });
+  });
+
   describe("delete-user", () => {
     it("deletes the account with a code; its email and username can be registered again", async () => {
       const user = newUser();
