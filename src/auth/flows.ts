@@ -3,7 +3,7 @@ import { type Caller, unknownCaller } from "../caller.js";
 import type { Clock } from "../clock.js";
 import type { Config } from "../config.js";
 import type { Database, Queryable } from "../db/database.js";
-import { HarmonyError, hrpcErrors } from "../errors.js";
+import { HarmonyError } from "../errors.js";
 import { limitErrors } from "../limits/limit-errors.js";
 import type { Limits } from "../limits/limits.js";
 import { authErrors } from "./auth-errors.js";
@@ -47,15 +47,33 @@ export interface Flows {
   /** Applies a NextStep or StepBack input; returns the step now current. */
   advance(authId: string, input: FlowInput, caller?: Caller): Promise<StepView>;
   /**
-   * Every step of the flow: those already shown, then each new one as it is
-   * shown by any process, ending after the session step.
+   * Watches every step of the flow: those already shown, then each new one as
+   * it is shown by any process, ending after the session step. Returns how to
+   * stop watching; `watcher` hears nothing after that.
    */
-  stream(authId: string, signal: AbortSignal): AsyncGenerator<StepView>;
+  watch(authId: string, watcher: StepWatcher): () => void;
   /** Deletes expired flows; returns how many. */
   sweep(): Promise<number>;
   /** Flows neither finished nor expired, on every replica. */
   liveCount(): Promise<number>;
 }
+
+/** Who is told of a flow's steps (see {@link Flows.watch}). */
+export interface StepWatcher {
+  /** The next step, in order, from the flow's first. */
+  step(view: StepView): void;
+  /**
+   * The watch is over: after the session step (`error` undefined), or with
+   * what ended it (`h.bad-auth-id`, an expired or spent flow, a database
+   * failure). Called at most once, never synchronously from `watch`.
+   */
+  end(error?: unknown): void;
+}
+
+/** A watcher that falls this far behind its announcements re-reads the log instead. */
+const MAX_QUEUED = 256;
+/** setTimeout's limit. */
+const MAX_WAIT_MS = 2 ** 31 - 1;
 
 export type FlowsDeps = {
   readonly db: Database;
@@ -104,6 +122,111 @@ export function createFlows(deps: FlowsDeps): Flows {
       sealStep(keys.seal, step),
     );
     return seq !== undefined;
+  };
+
+  const expiredError = (flow: StoredFlow) =>
+    new HarmonyError(flow.done ? authErrors.spentAuthId : authErrors.expiredAuthId);
+
+  /**
+   * One watch: a listener on the hub, the steps it announced and not yet
+   * delivered, and a timer for the flow's expiry; no promise waits while
+   * nothing happens (10,000 open streams are 10,000 of these).
+   */
+  const watchFlow = (authId: string, watcher: StepWatcher): (() => void) => {
+    let closed = false;
+    let nextSeq = 1;
+    /** Announced steps not yet delivered; the log is re-read instead when `readLog`. */
+    let queue: StoredStep[] = [];
+    let readLog = true;
+    /** A read of the flow or its log is in progress: announcements only queue. */
+    let busy = true;
+    let timer: NodeJS.Timeout | undefined;
+    let unsubscribe: (() => void) | undefined;
+
+    const stop = (): void => {
+      closed = true;
+      unsubscribe?.();
+      clearTimeout(timer);
+    };
+    const finish = (error?: unknown): void => {
+      if (closed) return;
+      stop();
+      if (error === undefined) watcher.end();
+      else watcher.end(error);
+    };
+    /** Delivers the step if it is the next one; true once the watch is over. */
+    const deliver = (keys: FlowKeys, stored: StoredStep): boolean => {
+      if (stored.seq !== nextSeq) return false;
+      nextSeq++;
+      const step = openStep(keys.seal, stored.sealed);
+      watcher.step(step);
+      if (step.kind === "session") finish();
+      return closed;
+    };
+    const pump = async (keys: FlowKeys): Promise<void> => {
+      busy = true;
+      try {
+        while (!closed) {
+          if (readLog) {
+            // Everything announced so far is in the log; what arrives during the read stays queued.
+            readLog = false;
+            queue = [];
+            const steps = await flowStore.stepsAfter(db, keys.lookup, nextSeq - 1);
+            if (closed) return;
+            for (const stored of steps) if (deliver(keys, stored)) return;
+            continue;
+          }
+          const stored = queue.shift();
+          if (stored === undefined) return;
+          // A gap: an announcement was missed.
+          if (stored.seq > nextSeq) readLog = true;
+          else if (deliver(keys, stored)) return;
+        }
+      } catch (err) {
+        finish(err);
+      } finally {
+        busy = false;
+      }
+    };
+    const armExpiry = (keys: FlowKeys, expiresAt: number): void => {
+      const waitMs = Math.max(0, Math.min(expiresAt - clock.now(), MAX_WAIT_MS));
+      timer = setTimeout(() => {
+        timer = undefined;
+        load(keys).then(
+          (flow) => {
+            if (closed) return;
+            if (clock.now() >= flow.expiresAt) return finish(expiredError(flow));
+            armExpiry(keys, flow.expiresAt);
+            readLog = true;
+            if (!busy) void pump(keys);
+          },
+          (err: unknown) => finish(err),
+        );
+      }, waitMs);
+    };
+
+    const start = async (): Promise<void> => {
+      const keys = keysFor(authId);
+      // Subscribe before reading the log, so no step falls between the two.
+      unsubscribe = hub.subscribe(keys.lookup, (event) => {
+        if (closed) return;
+        if (event.kind === "resync" || queue.length >= MAX_QUEUED) {
+          readLog = true;
+          queue = [];
+        } else {
+          queue.push(event.step);
+        }
+        if (!busy) void pump(keys);
+      });
+      const flow = await load(keys);
+      if (closed) return;
+      // A completed flow stays readable only for its short grace period.
+      if (clock.now() >= flow.expiresAt) return finish(expiredError(flow));
+      armExpiry(keys, flow.expiresAt);
+      await pump(keys);
+    };
+    start().catch((err: unknown) => finish(err));
+    return stop;
   };
 
   return {
@@ -163,55 +286,8 @@ export function createFlows(deps: FlowsDeps): Flows {
       }
     },
 
-    async *stream(authId, signal) {
-      const keys = keysFor(authId);
-      // Subscribe before reading the log, so no step falls between the two.
-      const subscription = hub.subscribe(keys.lookup);
-      try {
-        let flow = await load(keys);
-        // A completed flow stays readable only for its short grace period.
-        if (clock.now() >= flow.expiresAt) {
-          throw new HarmonyError(flow.done ? authErrors.spentAuthId : authErrors.expiredAuthId);
-        }
-        let nextSeq = 1;
-        // What to deliver next: announced steps, or "log" to re-read the log
-        // (at the start, and whenever an announcement may have been missed).
-        let pending: readonly StoredStep[] | "log" = "log";
-        for (;;) {
-          const steps =
-            pending === "log" ? await flowStore.stepsAfter(db, keys.lookup, nextSeq - 1) : pending;
-          for (const stored of steps) {
-            if (stored.seq !== nextSeq) continue;
-            nextSeq++;
-            const step = openStep(keys.seal, stored.sealed);
-            yield step;
-            if (step.kind === "session") return;
-          }
-          const event = await subscription.next(signal, flow.expiresAt - clock.now());
-          switch (event.kind) {
-            case "aborted":
-              // Shutdown aborts with a ConnectError (Unavailable) for the client.
-              throw signal.reason ?? new HarmonyError(hrpcErrors.unavailable);
-            case "timeout":
-              flow = await load(keys);
-              if (clock.now() >= flow.expiresAt) {
-                throw new HarmonyError(
-                  flow.done ? authErrors.spentAuthId : authErrors.expiredAuthId,
-                );
-              }
-              pending = "log";
-              break;
-            case "step":
-              pending = event.step.seq <= nextSeq ? [event.step] : "log";
-              break;
-            case "resync":
-              pending = "log";
-              break;
-          }
-        }
-      } finally {
-        subscription.close();
-      }
+    watch(authId, watcher) {
+      return watchFlow(authId, watcher);
     },
 
     sweep() {
