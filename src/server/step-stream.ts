@@ -4,11 +4,13 @@ import type { Flows, StepWatcher } from "../auth/flows.js";
 import type { Caller } from "../caller.js";
 import { HarmonyError, hrpcErrors } from "../errors.js";
 import {
+  type StreamStepsRequest,
   type StreamStepsResponse,
   StreamStepsResponseSchema,
 } from "../gen/protocol/auth/v1/auth_pb.js";
 import type { Limits } from "../limits/limits.js";
 import type { Metrics } from "../metrics.js";
+import type { DirectMethod } from "./rpc/direct-stream.js";
 import { toAuthStep } from "./steps.js";
 
 /**
@@ -111,4 +113,31 @@ export async function* stepResponses(
     signal.removeEventListener("abort", onAbort);
     stop();
   }
+}
+
+/**
+ * StreamSteps on the direct path (rpc/direct-stream.ts, which applies the
+ * interceptors' rules around it): the same slot, gauge and watch as the
+ * pipeline's handler above, each step answered as it is watched.
+ */
+export function streamStepsDirect(deps: StepStreamDeps): DirectMethod {
+  return {
+    start(request: StreamStepsRequest, call) {
+      return (_session, out) =>
+        openStepStream(
+          deps,
+          {
+            authId: request.authId,
+            caller: call.caller,
+            transport: call.protocol,
+            slotHeld: call.slotHeld,
+          },
+          {
+            step: (view) =>
+              out.message(create(StreamStepsResponseSchema, { step: toAuthStep(view) })),
+            end: (error) => out.end(error),
+          },
+        );
+    },
+  };
 }

@@ -1,5 +1,6 @@
 import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
+import type { DescMethod, Message } from "@bufbuild/protobuf";
 import {
   createAsyncIterable,
   encodeEnvelope,
@@ -12,6 +13,7 @@ import { type WebSocket, WebSocketServer } from "ws";
 import type { Caller } from "../../caller.js";
 import { hrpcErrors } from "../../errors.js";
 import type { StreamSlots } from "../../limits/admission.js";
+import type { DirectMethod, DirectStreams } from "../rpc/direct-stream.js";
 import {
   type CallRecord,
   type Failure,
@@ -36,6 +38,15 @@ export interface HrpcStreamOptions {
   readonly firstMessageTimeoutMs: number;
   /** How often open streams are pinged. */
   readonly pingIntervalMs: number;
+  /**
+   * Methods whose streams run on the direct path (rpc/direct-stream.ts), by
+   * descriptor; a request that does not decode still goes to the method's
+   * Connect handler, which refuses it as it always has.
+   */
+  readonly direct?: {
+    readonly methods: ReadonlyMap<DescMethod, DirectMethod>;
+    readonly streams: DirectStreams;
+  };
 }
 
 export interface HrpcStreams {
@@ -148,12 +159,8 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
     authorization: string | undefined,
     caller: Caller,
   ): Promise<void> {
-    const abort = new AbortController();
     startPinger(ws, options.pingIntervalMs);
-    ws.once("close", () => {
-      waiting.delete(ws);
-      abort.abort();
-    });
+    ws.once("close", () => waiting.delete(ws));
     ws.on("error", (err) => logger.debug({ err }, "hRPC WebSocket error"));
     const endWith = (failure: Failure, closeCode: number): void => {
       sendFrame(ws, 1, encodeHrpcError(recordFailure(logger, call, failure, method.procedure)));
@@ -165,6 +172,36 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
     if (!waiting.delete(ws)) return; // closed (or shut down) while waiting
     if (!(request instanceof Uint8Array)) return endWith(request, 1008);
 
+    const direct = options.direct?.methods.get(method.method);
+    const message = direct && decode(method, request);
+    if (direct && message) {
+      const cancel = options.direct?.streams.serve(
+        {
+          method: method.method,
+          record: call,
+          header: {
+            get: (name) =>
+              name.toLowerCase() === "authorization" ? (authorization ?? null) : null,
+          },
+          deadline: undefined,
+        },
+        direct.start(message, { caller, protocol: "hrpc", slotHeld: true }),
+        {
+          message: (response) =>
+            sendFrame(ws, 0, method.serialization.getO(true).serialize(response)),
+          // The same frames and close codes as a stream through the handler, below.
+          end: (failure) => {
+            if (failure) sendFrame(ws, 1, encodeHrpcError(failure));
+            ws.close(1000);
+          },
+        },
+      );
+      if (cancel) ws.once("close", cancel);
+      return;
+    }
+
+    const abort = new AbortController();
+    ws.once("close", () => abort.abort());
     const uRes = await method.serve(
       connectRequestFor(req, {
         contentType: "application/connect+proto",
@@ -201,6 +238,15 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
       waiting.clear();
     },
   };
+}
+
+/** The request message, or undefined when it does not decode (the handler then refuses it). */
+function decode(method: RpcMethod, request: Uint8Array): Message | undefined {
+  try {
+    return method.serialization.getI(true).parse(request);
+  } catch {
+    return undefined;
+  }
 }
 
 /**

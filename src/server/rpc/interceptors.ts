@@ -1,4 +1,4 @@
-import { getOption, hasOption } from "@bufbuild/protobuf";
+import { type DescMethod, getOption, hasOption } from "@bufbuild/protobuf";
 import { Code, ConnectError, createContextKey, type Interceptor } from "@connectrpc/connect";
 import { createAsyncIterable } from "@connectrpc/connect/protocol";
 import type { Logger } from "pino";
@@ -37,15 +37,29 @@ export function tokenFromAuthorization(value: string | null): string | undefined
  */
 export function authInterceptor(sessions: Pick<Sessions, "authenticate">): Interceptor {
   return (next) => async (req) => {
-    const required = hasOption(req.method, metadata)
-      ? getOption(req.method, metadata).requiresAuthentication
-      : false;
-    if (required) {
-      const token = tokenFromAuthorization(req.header.get("authorization"));
-      req.contextValues.set(sessionKey, await sessions.authenticate(token));
-    }
+    const session = await sessionFor(sessions, req.method, req.header);
+    if (session) req.contextValues.set(sessionKey, session);
     return next(req);
   };
+}
+
+/**
+ * The session a call to `method` runs with: authenticated from its
+ * Authorization header when the method's Harmony option requires it
+ * (throwing `h.blank-session` when it does not check out), else none. The
+ * auth interceptor and the direct stream path (direct-stream.ts) both decide
+ * with this.
+ */
+export async function sessionFor(
+  sessions: Pick<Sessions, "authenticate">,
+  method: DescMethod,
+  header: Pick<Headers, "get">,
+): Promise<AuthenticatedSession | undefined> {
+  const required = hasOption(method, metadata)
+    ? getOption(method, metadata).requiresAuthentication
+    : false;
+  if (!required) return undefined;
+  return sessions.authenticate(tokenFromAuthorization(header.get("authorization")));
 }
 
 /** The one request message of a server-streaming call, read here so its errors are the client's. */
@@ -66,10 +80,15 @@ async function single<T>(messages: AsyncIterable<T>): Promise<T> {
  * shutdown (both ConnectErrors or HarmonyErrors), or else the client going
  * away. Whatever a handler throws after that is only a consequence.
  */
-function abortedBy(signal: AbortSignal): unknown {
+export function abortedBy(signal: AbortSignal): unknown {
   if (!signal.aborted) return undefined;
   const reason: unknown = signal.reason;
   if (reason instanceof ConnectError || reason instanceof HarmonyError) return reason;
+  return clientWentAway();
+}
+
+/** What a call ends with when its client goes away (logged at debug, as `hrpc.canceled`). */
+export function clientWentAway(): ConnectError {
   return new ConnectError("the client went away", Code.Canceled);
 }
 
