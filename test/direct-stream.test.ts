@@ -75,8 +75,10 @@ function implementation() {
     state.started = true;
     state.session = s;
     state.out = out;
-    return () => {
-      state.stopped = true;
+    return {
+      stop: () => {
+        state.stopped = true;
+      },
     };
   };
   return { state, start };
@@ -178,10 +180,10 @@ describe("the direct stream path's rules", () => {
     const { streams, lines, observed } = harness();
     const impl = implementation();
     const s = sink();
-    const gone = streams.serve(call(), impl.start, s.sink);
+    const served = streams.serve(call(), impl.start, s.sink);
     await expect.poll(() => impl.state.started).toBe(true);
-    gone();
-    gone();
+    served.cancel();
+    served.cancel();
     expect(await s.ended).toMatchObject({ spec: hrpcErrors.canceled });
     impl.state.out?.end(new Error("too late to matter"));
     expect(s.ends()).toBe(1);
@@ -212,7 +214,7 @@ describe("the direct stream path's rules", () => {
       call(),
       (_session, out) => {
         queueMicrotask(() => out.end(error()));
-        return () => {};
+        return { stop: () => {} };
       },
       s.sink,
     );

@@ -150,7 +150,7 @@ describe.each(backends)("watching a flow's steps on $name", (backend) => {
   it("reads the log again on a gap, so a missed announcement is made up by the next", async () => {
     const authId = await flows().begin();
     const seen = recorder();
-    const stop = watched.watch(authId, seen.watcher);
+    const watch = watched.watch(authId, seen.watcher);
     await flows().advance(authId, { kind: "current" });
     await seen.steps(1);
     const lost = leaky.lose(2);
@@ -160,13 +160,13 @@ describe.each(backends)("watching a flow's steps on $name", (backend) => {
     await flows().advance(authId, { kind: "back" });
     await seen.steps(3);
     expect(seen.titles).toEqual(["initial", "login", "initial"]);
-    stop();
+    watch.stop();
   });
 
   it("reads the log again on a resync (the LISTEN connection came back)", async () => {
     const authId = await flows().begin();
     const seen = recorder();
-    const stop = watched.watch(authId, seen.watcher);
+    const watch = watched.watch(authId, seen.watcher);
     await flows().advance(authId, { kind: "current" });
     // Delivered, so the watch has read the log once and now waits for announcements.
     await seen.steps(1);
@@ -179,17 +179,17 @@ describe.each(backends)("watching a flow's steps on $name", (backend) => {
     leaky.resync();
     await seen.steps(2);
     expect(seen.titles).toEqual(["initial", "login"]);
-    stop();
+    watch.stop();
   });
 
   it("tells nothing more once stopped, and leaves no listener behind", async () => {
     const authId = await flows().begin();
     const seen = recorder();
     const before = leaky.listeners.size;
-    const stop = watched.watch(authId, seen.watcher);
+    const watch = watched.watch(authId, seen.watcher);
     await flows().advance(authId, { kind: "current" });
     await seen.steps(1);
-    stop();
+    watch.stop();
     expect(leaky.listeners.size).toBe(before);
     await flows().advance(authId, { kind: "choice", choice: "login" });
     await new Promise((resolve) => setTimeout(resolve, 50));

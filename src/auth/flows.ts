@@ -16,11 +16,14 @@ import {
   initialStateFor,
   type StepView,
 } from "./flow-machine.js";
+import { type FlowWatchDeps, type StepWatcher, type Watch, watchFlow } from "./flow-watch.js";
 import { randomToken } from "./random-ids.js";
 import type { StepHub } from "./step-hub.js";
-import { type FlowKeys, flowKeys, openStep, sealStep } from "./step-seal.js";
-import type { FlowStore, StoredFlow, StoredStep } from "./stores.js";
+import { type FlowKeys, flowKeys, sealStep } from "./step-seal.js";
+import type { FlowStore, StoredFlow } from "./stores.js";
 import type { Submissions } from "./submissions.js";
+
+export type { StepWatcher, Watch } from "./flow-watch.js";
 
 /** auth_ids are 24 CSPRNG bytes (192 bits), base64url: 32 characters. */
 const AUTH_ID_BYTES = 24;
@@ -48,32 +51,15 @@ export interface Flows {
   advance(authId: string, input: FlowInput, caller?: Caller): Promise<StepView>;
   /**
    * Watches every step of the flow: those already shown, then each new one as
-   * it is shown by any process, ending after the session step. Returns how to
-   * stop watching; `watcher` hears nothing after that.
+   * it is shown by any process, ending after the session step, until the
+   * watch is stopped (`watcher` then hears nothing more).
    */
-  watch(authId: string, watcher: StepWatcher): () => void;
+  watch(authId: string, watcher: StepWatcher): Watch;
   /** Deletes expired flows; returns how many. */
   sweep(): Promise<number>;
   /** Flows neither finished nor expired, on every replica. */
   liveCount(): Promise<number>;
 }
-
-/** Who is told of a flow's steps (see {@link Flows.watch}). */
-export interface StepWatcher {
-  /** The next step, in order, from the flow's first. */
-  step(view: StepView): void;
-  /**
-   * The watch is over: after the session step (`error` undefined), or with
-   * what ended it (`h.bad-auth-id`, an expired or spent flow, a database
-   * failure). Called at most once, never synchronously from `watch`.
-   */
-  end(error?: unknown): void;
-}
-
-/** A watcher that falls this far behind its announcements re-reads the log instead. */
-const MAX_QUEUED = 256;
-/** setTimeout's limit. */
-const MAX_WAIT_MS = 2 ** 31 - 1;
 
 export type FlowsDeps = {
   readonly db: Database;
@@ -124,109 +110,17 @@ export function createFlows(deps: FlowsDeps): Flows {
     return seq !== undefined;
   };
 
-  const expiredError = (flow: StoredFlow) =>
+  const expiredError = (flow: { readonly done: boolean }) =>
     new HarmonyError(flow.done ? authErrors.spentAuthId : authErrors.expiredAuthId);
 
-  /**
-   * One watch: a listener on the hub, the steps it announced and not yet
-   * delivered, and a timer for the flow's expiry; no promise waits while
-   * nothing happens (10,000 open streams are 10,000 of these).
-   */
-  const watchFlow = (authId: string, watcher: StepWatcher): (() => void) => {
-    let closed = false;
-    let nextSeq = 1;
-    /** Announced steps not yet delivered; the log is re-read instead when `readLog`. */
-    let queue: StoredStep[] = [];
-    let readLog = true;
-    /** A read of the flow or its log is in progress: announcements only queue. */
-    let busy = true;
-    let timer: NodeJS.Timeout | undefined;
-    let unsubscribe: (() => void) | undefined;
-
-    const stop = (): void => {
-      closed = true;
-      unsubscribe?.();
-      clearTimeout(timer);
-    };
-    const finish = (error?: unknown): void => {
-      if (closed) return;
-      stop();
-      if (error === undefined) watcher.end();
-      else watcher.end(error);
-    };
-    /** Delivers the step if it is the next one; true once the watch is over. */
-    const deliver = (keys: FlowKeys, stored: StoredStep): boolean => {
-      if (stored.seq !== nextSeq) return false;
-      nextSeq++;
-      const step = openStep(keys.seal, stored.sealed);
-      watcher.step(step);
-      if (step.kind === "session") finish();
-      return closed;
-    };
-    const pump = async (keys: FlowKeys): Promise<void> => {
-      busy = true;
-      try {
-        while (!closed) {
-          if (readLog) {
-            // Everything announced so far is in the log; what arrives during the read stays queued.
-            readLog = false;
-            queue = [];
-            const steps = await flowStore.stepsAfter(db, keys.lookup, nextSeq - 1);
-            if (closed) return;
-            for (const stored of steps) if (deliver(keys, stored)) return;
-            continue;
-          }
-          const stored = queue.shift();
-          if (stored === undefined) return;
-          // A gap: an announcement was missed.
-          if (stored.seq > nextSeq) readLog = true;
-          else if (deliver(keys, stored)) return;
-        }
-      } catch (err) {
-        finish(err);
-      } finally {
-        busy = false;
-      }
-    };
-    const armExpiry = (keys: FlowKeys, expiresAt: number): void => {
-      const waitMs = Math.max(0, Math.min(expiresAt - clock.now(), MAX_WAIT_MS));
-      timer = setTimeout(() => {
-        timer = undefined;
-        load(keys).then(
-          (flow) => {
-            if (closed) return;
-            if (clock.now() >= flow.expiresAt) return finish(expiredError(flow));
-            armExpiry(keys, flow.expiresAt);
-            readLog = true;
-            if (!busy) void pump(keys);
-          },
-          (err: unknown) => finish(err),
-        );
-      }, waitMs);
-    };
-
-    const start = async (): Promise<void> => {
-      const keys = keysFor(authId);
-      // Subscribe before reading the log, so no step falls between the two.
-      unsubscribe = hub.subscribe(keys.lookup, (event) => {
-        if (closed) return;
-        if (event.kind === "resync" || queue.length >= MAX_QUEUED) {
-          readLog = true;
-          queue = [];
-        } else {
-          queue.push(event.step);
-        }
-        if (!busy) void pump(keys);
-      });
-      const flow = await load(keys);
-      if (closed) return;
-      // A completed flow stays readable only for its short grace period.
-      if (clock.now() >= flow.expiresAt) return finish(expiredError(flow));
-      armExpiry(keys, flow.expiresAt);
-      await pump(keys);
-    };
-    start().catch((err: unknown) => finish(err));
-    return stop;
+  const watchDeps: FlowWatchDeps = {
+    db,
+    clock,
+    flowStore,
+    hub,
+    keysFor,
+    unknownError: () => new HarmonyError(authErrors.unknownAuthId),
+    expiredError,
   };
 
   return {
@@ -287,7 +181,7 @@ export function createFlows(deps: FlowsDeps): Flows {
     },
 
     watch(authId, watcher) {
-      return watchFlow(authId, watcher);
+      return watchFlow(watchDeps, authId, watcher);
     },
 
     sweep() {

@@ -23,9 +23,9 @@ export interface StepHub {
  * StreamSteps calls, by flow. Steps made by any process reach every process,
  * so a stream may attach to a different replica than the one advancing it.
  *
- * A subscription is a listener in a set: with 10,000 streams open it is most
- * of what a waiting stream costs, so it holds no queue, promise or timer of
- * its own (the watcher in flows.ts keeps what it needs).
+ * A subscription is a listener held by its flow's key: with 10,000 streams
+ * open every byte counts, so it holds no queue, promise or timer of its own
+ * (the watch in flow-watch.ts keeps what it needs).
  */
 export async function createStepHub({
   db,
@@ -34,34 +34,39 @@ export async function createStepHub({
   readonly db: Database;
   readonly flowStore: Pick<FlowStore, "listenSteps">;
 }): Promise<StepHub> {
-  const byFlow = new Map<string, Set<(event: HubEvent) => void>>();
+  type Listener = (event: HubEvent) => void;
+  // Almost every flow has one stream: its listener is held alone, a set only for more.
+  const byFlow = new Map<string, Listener | Set<Listener>>();
   const resync: HubEvent = { kind: "resync" };
+  const tell = (listeners: Listener | Set<Listener>, event: HubEvent): void => {
+    if (typeof listeners === "function") listeners(event);
+    else for (const listener of listeners) listener(event);
+  };
 
   const unlisten = await flowStore.listenSteps(db, {
     step(flowKey, step) {
       const listeners = byFlow.get(flowKey.toString("hex"));
-      if (!listeners) return;
-      const event: HubEvent = { kind: "step", step };
-      for (const listener of listeners) listener(event);
+      if (listeners) tell(listeners, { kind: "step", step });
     },
     reconnected() {
-      for (const listeners of byFlow.values()) for (const listener of listeners) listener(resync);
+      for (const listeners of [...byFlow.values()]) tell(listeners, resync);
     },
   });
 
   return {
     subscribe(flowKey, listener) {
       const id = flowKey.toString("hex");
-      let listeners = byFlow.get(id);
-      if (!listeners) {
-        listeners = new Set();
-        byFlow.set(id, listeners);
-      }
-      const mine = listeners;
-      mine.add(listener);
+      const held = byFlow.get(id);
+      if (held === undefined) byFlow.set(id, listener);
+      else if (typeof held === "function") byFlow.set(id, new Set([held, listener]));
+      else held.add(listener);
       return () => {
-        mine.delete(listener);
-        if (mine.size === 0 && byFlow.get(id) === mine) byFlow.delete(id);
+        const now = byFlow.get(id);
+        if (now === listener) byFlow.delete(id);
+        else if (typeof now === "object") {
+          now.delete(listener);
+          if (now.size === 0) byFlow.delete(id);
+        }
       };
     },
     close: unlisten,

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import type { StepView } from "../auth/flow-machine.js";
-import type { Flows, StepWatcher } from "../auth/flows.js";
+import type { Flows, StepWatcher, Watch } from "../auth/flows.js";
 import type { Caller } from "../caller.js";
 import { HarmonyError, hrpcErrors } from "../errors.js";
 import {
@@ -10,14 +10,14 @@ import {
 } from "../gen/protocol/auth/v1/auth_pb.js";
 import type { Limits } from "../limits/limits.js";
 import type { Metrics } from "../metrics.js";
-import type { DirectMethod } from "./rpc/direct-stream.js";
+import type { DirectMethod, DirectOutput } from "./rpc/direct-stream.js";
 import { toAuthStep } from "./steps.js";
 
 /**
  * StreamSteps once a call is admitted, whichever path it came by (Connect's
  * pipeline, or the direct one in rpc/direct-stream.ts): it holds one of the
  * caller's stream slots and counts in the open-streams gauge for as long as
- * it watches its flow.
+ * it watches its flow, and answers each step as it is watched.
  */
 
 export type StepStreamDeps = {
@@ -35,53 +35,79 @@ export interface StepStreamCall {
   readonly slotHeld: boolean;
 }
 
+/** Where a StreamSteps call's answers go: each step's response, then its end. */
+export type StepOutput = DirectOutput<StreamStepsResponse>;
+
+/**
+ * One open StreamSteps call. A class, not closures, for the same reason as
+ * the watch under it (auth/flow-watch.ts): one small object per open stream.
+ */
+class StepStream implements StepWatcher, Watch {
+  private open = true;
+  watch: Watch | undefined;
+
+  constructor(
+    private readonly metrics: StepStreamDeps["metrics"],
+    private readonly transport: string,
+    private readonly release: (() => void) | undefined,
+    private readonly out: StepOutput,
+  ) {}
+
+  step(view: StepView): void {
+    this.out.message(create(StreamStepsResponseSchema, { step: toAuthStep(view) }));
+  }
+
+  end(error?: unknown): void {
+    this.close();
+    this.out.end(error);
+  }
+
+  stop(): void {
+    this.watch?.stop();
+    this.close();
+  }
+
+  /** Gives the slot and the gauge back, once. */
+  private close(): void {
+    if (!this.open) return;
+    this.open = false;
+    this.metrics?.streamClosed(this.transport);
+    this.release?.();
+  }
+}
+
 /**
  * Opens a StreamSteps call: takes the slot (throwing `hrpc.resource-exhausted`
- * when there is none), then watches the flow. Returns how to stop it; the
- * slot and the gauge are given back once, on `end` or on stop.
+ * when there is none), then watches the flow. The slot and the gauge are
+ * given back once, when it ends or is stopped.
  */
 export function openStepStream(
   { flows, limits, metrics }: StepStreamDeps,
   call: StepStreamCall,
-  watcher: StepWatcher,
-): () => void {
+  out: StepOutput,
+): Watch {
   const release = call.slotHeld ? undefined : limits.streams.acquire(call.caller.address);
   metrics?.streamOpened(call.transport);
-  let open = true;
-  const close = (): void => {
-    if (!open) return;
-    open = false;
-    metrics?.streamClosed(call.transport);
-    release?.();
-  };
-  const stop = flows.watch(call.authId, {
-    step: (view) => watcher.step(view),
-    end(error) {
-      close();
-      watcher.end(error);
-    },
-  });
-  return () => {
-    stop();
-    close();
-  };
+  const stream = new StepStream(metrics, call.transport, release, out);
+  stream.watch = flows.watch(call.authId, stream);
+  return stream;
 }
 
 /**
  * A StreamSteps call as the async generator Connect's pipeline wants: the
- * watched steps as responses, ending with the watch, or with the reason
+ * responses as they come, ending with the stream, or with the reason
  * `signal` was aborted for (deadline, shutdown, the client gone).
  */
 export async function* stepResponses(
-  open: (watcher: StepWatcher) => () => void,
+  open: (out: StepOutput) => Watch,
   signal: AbortSignal,
 ): AsyncGenerator<StreamStepsResponse> {
-  const queue: StepView[] = [];
+  const queue: StreamStepsResponse[] = [];
   let ended: { error: unknown } | undefined;
   let wake: (() => void) | undefined;
-  const stop = open({
-    step(view) {
-      queue.push(view);
+  const stream = open({
+    message(response) {
+      queue.push(response);
       wake?.();
     },
     end(error) {
@@ -93,9 +119,9 @@ export async function* stepResponses(
   signal.addEventListener("abort", onAbort);
   try {
     for (;;) {
-      const view = queue.shift();
-      if (view) {
-        yield create(StreamStepsResponseSchema, { step: toAuthStep(view) });
+      const response = queue.shift();
+      if (response) {
+        yield response;
         continue;
       }
       if (ended) {
@@ -111,14 +137,14 @@ export async function* stepResponses(
     }
   } finally {
     signal.removeEventListener("abort", onAbort);
-    stop();
+    stream.stop();
   }
 }
 
 /**
  * StreamSteps on the direct path (rpc/direct-stream.ts, which applies the
  * interceptors' rules around it): the same slot, gauge and watch as the
- * pipeline's handler above, each step answered as it is watched.
+ * pipeline's handler, through {@link openStepStream}.
  */
 export function streamStepsDirect(deps: StepStreamDeps): DirectMethod {
   return {
@@ -132,11 +158,7 @@ export function streamStepsDirect(deps: StepStreamDeps): DirectMethod {
             transport: call.protocol,
             slotHeld: call.slotHeld,
           },
-          {
-            step: (view) =>
-              out.message(create(StreamStepsResponseSchema, { step: toAuthStep(view) })),
-            end: (error) => out.end(error),
-          },
+          out,
         );
     },
   };

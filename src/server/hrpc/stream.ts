@@ -175,7 +175,7 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
     const direct = options.direct?.methods.get(method.method);
     const message = direct && decode(method, request);
     if (direct && message) {
-      const cancel = options.direct?.streams.serve(
+      const served = options.direct?.streams.serve(
         {
           method: method.method,
           record: call,
@@ -196,7 +196,7 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
           },
         },
       );
-      if (cancel) ws.once("close", cancel);
+      if (served) ws.once("close", () => served.cancel());
       return;
     }
 

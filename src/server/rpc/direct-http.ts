@@ -7,7 +7,7 @@ import * as grpc from "@connectrpc/connect/protocol-grpc";
 import * as grpcWeb from "@connectrpc/connect/protocol-grpc-web";
 import type { Caller } from "../../caller.js";
 import type { DirectMethod, DirectSink, DirectStreams } from "./direct-stream.js";
-import { type CallRecord, newCall, toConnectError } from "./failure.js";
+import { type CallRecord, type Failure, newCall, toConnectError } from "./failure.js";
 import type { RequestFormat } from "./protocols.js";
 import type { RpcMethod, RpcRouter } from "./router.js";
 
@@ -73,61 +73,6 @@ export function createDirectHttp(options: DirectHttpOptions): DirectHttp {
     }
   };
 
-  /** Writes the call as connect-es's handlers and Node adapter would. */
-  const sinkFor = (method: RpcMethod, format: RequestFormat, res: NodeResponse) => {
-    const serializer = method.serialization.getO(format.binary);
-    let headed = false;
-    let done = false;
-    const head = (): void => {
-      if (headed) return;
-      headed = true;
-      res.writeHead(200, { "content-type": format.responseContentType });
-    };
-    const write = (bytes: Uint8Array): void => {
-      head();
-      // Steps are small and a flow has at most 256: nothing to wait for.
-      (res as ServerResponse).write(bytes);
-    };
-    const sink: DirectSink<Message> = {
-      message(message) {
-        if (!done) write(encodeEnvelope(0, serializer.serialize(message)));
-      },
-      end(failure) {
-        if (done) return;
-        done = true;
-        if (res.writableEnded) return;
-        const error = failure && toConnectError(failure);
-        if (format.protocol === "connect") {
-          write(
-            encodeEnvelope(
-              connect.endStreamFlag,
-              endStream.serialize(
-                error ? { metadata: new Headers(), error } : { metadata: new Headers() },
-              ),
-            ),
-          );
-        } else {
-          const trailer = new Headers({ [grpc.headerGrpcStatus]: grpc.grpcStatusOk });
-          if (error) grpc.setTrailerStatus(trailer, error);
-          if (format.protocol === "grpc-web") {
-            write(encodeEnvelope(grpcWeb.trailerFlag, grpcWeb.trailerSerialize(trailer)));
-          } else {
-            head();
-            res.addTrailers(Object.fromEntries(trailer));
-          }
-        }
-        res.end();
-      },
-    };
-    return {
-      sink,
-      /** The connection or stream closed: nothing more is written. */
-      closed: () => {
-        done = true;
-      },
-    };
-  };
-
   return {
     serves: (method) => methods.has(method.method),
 
@@ -146,8 +91,8 @@ export function createDirectHttp(options: DirectHttpOptions): DirectHttp {
       const message = direct && body.complete ? decode(method, format, body.bytes) : undefined;
       if (!direct || message === undefined) return pipeline(replay(body), call);
 
-      const { sink, closed } = sinkFor(method, format, res);
-      const cancel = streams.serve(
+      const sink = new HttpSink(res, format, method.serialization.getO(format.binary), endStream);
+      const served = streams.serve(
         {
           method: method.method,
           record: call,
@@ -159,14 +104,70 @@ export function createDirectHttp(options: DirectHttpOptions): DirectHttp {
         sink,
       );
       const gone = (): void => {
-        closed();
-        cancel();
+        sink.done = true;
+        served.cancel();
       };
       // The client may have gone while the body was read.
       if (isClosed(res)) gone();
-      else res.once("close", gone);
+      else res.on("close", gone);
     },
   };
+}
+
+/**
+ * Writes a call as connect-es's handlers and its Node adapter do: headers
+ * with the first message (or at the end), each message in its envelope, then
+ * Connect's end-of-stream message, gRPC-Web's trailer frame or gRPC's
+ * trailers. One object per open stream, so a class.
+ */
+class HttpSink implements DirectSink<Message> {
+  private headed = false;
+  /** Ended, or the connection closed: nothing more is written. */
+  done = false;
+
+  constructor(
+    private readonly res: NodeResponse,
+    private readonly format: RequestFormat,
+    private readonly serializer: { serialize(message: Message): Uint8Array },
+    private readonly endStream: ReturnType<typeof connect.createEndStreamSerialization>,
+  ) {}
+
+  message(message: Message): void {
+    if (!this.done) this.write(encodeEnvelope(0, this.serializer.serialize(message)));
+  }
+
+  end(failure: Failure | undefined): void {
+    if (this.done) return;
+    this.done = true;
+    if (this.res.writableEnded) return;
+    const error = failure && toConnectError(failure);
+    if (this.format.protocol === "connect") {
+      const end = error ? { metadata: new Headers(), error } : { metadata: new Headers() };
+      this.write(encodeEnvelope(connect.endStreamFlag, this.endStream.serialize(end)));
+    } else {
+      const trailer = new Headers({ [grpc.headerGrpcStatus]: grpc.grpcStatusOk });
+      if (error) grpc.setTrailerStatus(trailer, error);
+      if (this.format.protocol === "grpc-web") {
+        this.write(encodeEnvelope(grpcWeb.trailerFlag, grpcWeb.trailerSerialize(trailer)));
+      } else {
+        this.head();
+        this.res.addTrailers(Object.fromEntries(trailer));
+      }
+    }
+    this.res.end();
+  }
+
+  private head(): void {
+    if (this.headed) return;
+    this.headed = true;
+    this.res.writeHead(200, { "content-type": this.format.responseContentType });
+  }
+
+  private write(bytes: Uint8Array): void {
+    this.head();
+    // Steps are small and a flow has at most 256: nothing to wait for.
+    (this.res as ServerResponse).write(bytes);
+  }
 }
 
 /** Whether the client has gone already (the connection or HTTP/2 stream closed). */

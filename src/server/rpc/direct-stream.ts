@@ -68,7 +68,7 @@ export interface DirectOutput<O> {
 export type DirectImplementation<O> = (
   session: AuthenticatedSession | undefined,
   out: DirectOutput<O>,
-) => () => void;
+) => { stop(): void };
 
 /** Who a direct call is for, as its implementation needs to know. */
 export interface DirectCallContext {
@@ -94,13 +94,13 @@ export interface DirectSink<O> {
 export interface DirectStreams {
   /**
    * Runs `call`: the rules, then `implementation`, its messages to `sink`.
-   * Returns what the transport calls when the client goes away.
+   * Returns the call, whose `cancel` the transport calls when the client goes away.
    */
   serve<O>(
     call: DirectCall,
     implementation: DirectImplementation<O>,
     sink: DirectSink<O>,
-  ): () => void;
+  ): { cancel(): void };
   /** Calls open now. */
   readonly open: number;
 }
@@ -108,75 +108,113 @@ export interface DirectStreams {
 /** setTimeout's limit. */
 const MAX_WAIT_MS = 2 ** 31 - 1;
 
+/** `package.Service/Method`, for logs and metrics, made once per method. */
+const procedures = new WeakMap<DescMethod, string>();
+const procedureOf = (method: DescMethod): string => {
+  let procedure = procedures.get(method);
+  if (procedure === undefined) {
+    procedure = `${method.parent.typeName}/${method.name}`;
+    procedures.set(method, procedure);
+  }
+  return procedure;
+};
+
+/**
+ * One call in flight. A class rather than closures: 10,000 open streams are
+ * 10,000 of these, each one object (its record, its sink, what stops its
+ * implementation, its deadline timer) with the methods on the prototype.
+ */
+class Call<O> implements DirectOutput<O> {
+  ended = false;
+  stream: { stop(): void } | undefined;
+  timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly rules: Rules,
+    private readonly method: DescMethod,
+    private readonly record: CallRecord,
+    private readonly sink: DirectSink<O>,
+  ) {}
+
+  message(message: O): void {
+    if (!this.ended) this.sink.message(message);
+  }
+
+  /** The call's one end: the first reason wins, as the pipeline's abort signal decides. */
+  end(error?: unknown): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.rules.open.delete(this);
+    clearTimeout(this.timer);
+    this.stream?.stop();
+    const { logger, observe } = this.rules.options;
+    const procedure = procedureOf(this.method);
+    const failure =
+      error === undefined
+        ? undefined
+        : recordFailure(logger, this.record, failureOf(error, "handler", true), procedure);
+    this.sink.end(failure);
+    observeCall(observe, this.record, procedure);
+  }
+
+  cancel(): void {
+    if (!this.ended) this.end(clientWentAway());
+  }
+
+  start(session: AuthenticatedSession | undefined, implementation: DirectImplementation<O>): void {
+    if (this.ended) return;
+    try {
+      this.stream = implementation(session, this);
+    } catch (err) {
+      this.end(err);
+    }
+    // Ended while it started (synchronously): stop it now.
+    if (this.ended) this.stream?.stop();
+  }
+}
+
+interface Rules {
+  readonly options: DirectStreamOptions;
+  /** Every open call, to end on shutdown. */
+  readonly open: Set<Call<unknown>>;
+}
+
+function deadlinePassed(call: Call<unknown>): void {
+  // What Connect's handler context aborts with when the deadline passes.
+  call.end(new ConnectError("the operation timed out", Code.DeadlineExceeded));
+}
+
 export function createDirectStreams(options: DirectStreamOptions): DirectStreams {
-  const { logger, sessions, shutdownSignal, observe } = options;
-  /** How to end each open call, for shutdown. */
-  const open = new Set<(reason: unknown) => void>();
+  const { sessions, shutdownSignal } = options;
+  const rules: Rules = { options, open: new Set() };
   shutdownSignal.addEventListener(
     "abort",
     () => {
-      for (const end of [...open]) end(shutdownSignal.reason);
+      for (const call of [...rules.open]) call.end(shutdownSignal.reason);
     },
     { once: true },
   );
 
   return {
-    serve(call, implementation, sink) {
-      const procedure = `${call.method.parent.typeName}/${call.method.name}`;
-      let ended = false;
-      let stop: (() => void) | undefined;
-      let timer: NodeJS.Timeout | undefined;
-
-      /** The call's one end: the first reason wins, as the pipeline's abort signal decides. */
-      const finish = (error?: unknown): void => {
-        if (ended) return;
-        ended = true;
-        open.delete(finish);
-        clearTimeout(timer);
-        stop?.();
-        const failure =
-          error === undefined
-            ? undefined
-            : recordFailure(logger, call.record, failureOf(error, "handler", true), procedure);
-        sink.end(failure);
-        observeCall(observe, call.record, procedure);
-      };
-
+    serve(direct, implementation, sink) {
+      const call = new Call(rules, direct.method, direct.record, sink);
       if (shutdownSignal.aborted) {
-        finish(shutdownSignal.reason);
-        return () => {};
+        call.end(shutdownSignal.reason);
+        return call;
       }
-      open.add(finish);
-      if (call.deadline !== undefined) {
-        const waitMs = Math.max(0, Math.min(call.deadline - performance.now(), MAX_WAIT_MS));
-        // What Connect's handler context aborts with when the deadline passes.
-        timer = setTimeout(
-          () => finish(new ConnectError("the operation timed out", Code.DeadlineExceeded)),
-          waitMs,
-        );
+      rules.open.add(call as Call<unknown>);
+      if (direct.deadline !== undefined) {
+        const waitMs = Math.max(0, Math.min(direct.deadline - performance.now(), MAX_WAIT_MS));
+        call.timer = setTimeout(deadlinePassed, waitMs, call);
       }
-      sessionFor(sessions, call.method, call.header).then(
-        (session) => {
-          if (ended) return;
-          try {
-            stop = implementation(session, {
-              message: (message) => {
-                if (!ended) sink.message(message);
-              },
-              end: (error) => finish(error),
-            });
-          } catch (err) {
-            finish(err);
-          }
-          // Ended while it started (synchronously): stop it now.
-          if (ended) stop?.();
-        },
-        (err: unknown) => finish(err),
+      sessionFor(sessions, direct.method, direct.header).then(
+        (session) => call.start(session, implementation),
+        (err: unknown) => call.end(err),
       );
-      return () => finish(clientWentAway());
+      return call;
     },
     get open() {
-      return open.size;
+      return rules.open.size;
     },
   };
 }
