@@ -9,7 +9,7 @@ import {
 } from "@connectrpc/connect/protocol";
 import { endStreamFlag } from "@connectrpc/connect/protocol-connect";
 import type { Logger } from "pino";
-import { type WebSocket, WebSocketServer } from "ws";
+import { type RawData, type WebSocket, WebSocketServer } from "ws";
 import type { Caller } from "../../caller.js";
 import { hrpcErrors } from "../../errors.js";
 import type { StreamSlots } from "../../limits/admission.js";
@@ -24,7 +24,7 @@ import {
 } from "../rpc/failure.js";
 import type { RpcMethod } from "../rpc/router.js";
 import { encodeHrpcError, hrpcErrorHttpBytes } from "./errors.js";
-import { startPinger } from "./pinger.js";
+import { createPinger } from "./pinger.js";
 import { pathOf, SUBPROTOCOL } from "./routing.js";
 import { connectRequestFor } from "./unary.js";
 
@@ -128,28 +128,44 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
     });
   }
 
-  /** The request message, or the Failure to end the stream with. */
+  /**
+   * The request message, or the Failure to end the stream with. Its timer and
+   * listeners go once it is settled, so an open stream holds none of them.
+   */
   function firstMessage(ws: WebSocket): Promise<Uint8Array | Failure> {
     return new Promise((resolve) => {
-      const timer = setTimeout(
-        () => resolve(bad(`no request arrived within ${options.firstMessageTimeoutMs} ms`)),
-        options.firstMessageTimeoutMs,
-      );
-      ws.once("message", (data, isBinary) => {
+      const settle = (result: Uint8Array | Failure): void => {
         clearTimeout(timer);
+        ws.off("message", onMessage);
+        ws.off("close", onClose);
+        resolve(result);
+      };
+      const onMessage = (data: RawData, isBinary: boolean): void => {
         const bytes = Buffer.isBuffer(data)
           ? data
           : Array.isArray(data)
             ? Buffer.concat(data)
             : Buffer.from(data);
-        resolve(isBinary ? bytes : bad("send the request as one binary message"));
-      });
-      ws.once("close", () => {
-        clearTimeout(timer);
-        resolve(bad("closed before the request"));
-      });
+        settle(isBinary ? bytes : bad("send the request as one binary message"));
+      };
+      const onClose = (): void => settle(bad("closed before the request"));
+      const timer = setTimeout(
+        () => settle(bad(`no request arrived within ${options.firstMessageTimeoutMs} ms`)),
+        options.firstMessageTimeoutMs,
+      );
+      ws.on("message", onMessage);
+      ws.on("close", onClose);
     });
   }
+
+  /** Listeners every socket shares, rather than closures of its own. */
+  function leaveWaiting(this: WebSocket): void {
+    waiting.delete(this);
+  }
+  function socketError(err: Error): void {
+    logger.debug({ err }, "hRPC WebSocket error");
+  }
+  const pinger = createPinger(options.pingIntervalMs);
 
   async function run(
     ws: WebSocket,
@@ -159,9 +175,9 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
     authorization: string | undefined,
     caller: Caller,
   ): Promise<void> {
-    startPinger(ws, options.pingIntervalMs);
-    ws.once("close", () => waiting.delete(ws));
-    ws.on("error", (err) => logger.debug({ err }, "hRPC WebSocket error"));
+    pinger.watch(ws);
+    ws.on("close", leaveWaiting);
+    ws.on("error", socketError);
     const endWith = (failure: Failure, closeCode: number): void => {
       sendFrame(ws, 1, encodeHrpcError(recordFailure(logger, call, failure, method.procedure)));
       ws.close(closeCode);
@@ -231,6 +247,7 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
   return {
     upgrade,
     close() {
+      pinger.close();
       for (const ws of waiting) {
         sendFrame(ws, 1, encodeHrpcError(failureFor(hrpcErrors.unavailable)));
         ws.close(1001);
