@@ -5,6 +5,7 @@
  */
 import { createPublicKey, verify as nodeVerify } from "node:crypto";
 import { readFileSync } from "node:fs";
+import { connect as netConnect } from "node:net";
 import { performance } from "node:perf_hooks";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError, createClient, type Transport } from "@connectrpc/connect";
@@ -24,7 +25,7 @@ import { choice, loginForm, registerForm } from "./forms.js";
 
 /** connect-h1: Connect's binary codec; connect-json-h1: its JSON; grpc-web-h1: gRPC-Web (binary). */
 export type Protocol = "connect-h1" | "connect-json-h1" | "grpc-web-h1" | "grpc-h2";
-export type StreamProtocol = Protocol | "hrpc-ws";
+export type StreamProtocol = "connect-h1" | "grpc-h2" | "hrpc-ws";
 
 export type Task =
   | {
@@ -72,6 +73,20 @@ export type Task =
       protocol: StreamProtocol;
       count: number;
       samples: number;
+      serverPid: number;
+    }
+  | {
+      /** hRPC WebSockets that complete the handshake and never send their request. */
+      kind: "idle-websockets";
+      url: string;
+      count: number;
+      serverPid: number;
+    }
+  | {
+      /** HTTP/1.1 keep-alive connections that make one call and then stay idle. */
+      kind: "idle-http1";
+      url: string;
+      count: number;
       serverPid: number;
     }
   | {
@@ -267,6 +282,9 @@ async function run(task: Task): Promise<Result> {
     }
     case "streams":
       return streams(task);
+    case "idle-websockets":
+    case "idle-http1":
+      return idleConnections(task);
   }
 }
 
@@ -361,6 +379,7 @@ async function streams(task: Extract<Task, { kind: "streams" }>): Promise<Result
             });
         })();
 
+  const baseRssKb = serverRssKb(task.serverPid);
   const start = performance.now();
   for (let batch = 0; batch < task.count; batch += 100) {
     const size = Math.min(100, task.count - batch);
@@ -399,7 +418,98 @@ async function streams(task: Extract<Task, { kind: "streams" }>): Promise<Result
     p50Ms: percentile(sorted, 50),
     p99Ms: percentile(sorted, 99),
     errors,
-    extra: { rssMb: rssKb / 1024, samples: latencies.length },
+    extra: { ...memoryOf(baseRssKb, rssKb, opened), samples: latencies.length },
+  };
+}
+
+/** Server memory with `count` connections open, against the same server before they opened. */
+function memoryOf(baseRssKb: number, rssKb: number, count: number): Record<string, number> {
+  return {
+    rssMb: rssKb / 1024,
+    baseRssMb: baseRssKb / 1024,
+    perConnectionKb: count > 0 ? (rssKb - baseRssKb) / count : 0,
+  };
+}
+
+/**
+ * Opens `count` connections that then sit idle (hRPC WebSockets that never
+ * send their request, or HTTP/1.1 keep-alive connections after one call),
+ * and reports the server's memory with all of them open. A connection the
+ * server closed before the measurement was taken is an error.
+ */
+async function idleConnections(
+  task: Extract<Task, { kind: "idle-websockets" | "idle-http1" }>,
+): Promise<Result> {
+  const target = new URL(task.url);
+  const wsUrl = `${task.url.replace(/^http/, "ws")}/protocol.auth.v1.AuthService/StreamSteps`;
+  const open: { closed: boolean; end(): void }[] = [];
+  let errors = 0;
+
+  const openWebSocket = () =>
+    new Promise<void>((resolve) => {
+      const ws = new WebSocket(wsUrl, ["hrpc1"]);
+      const conn = { closed: false, end: () => ws.terminate() };
+      ws.once("open", () => {
+        open.push(conn);
+        resolve();
+      });
+      ws.once("close", () => {
+        conn.closed = true;
+        resolve();
+      });
+      ws.on("error", () => {
+        if (!conn.closed) errors++;
+        conn.closed = true;
+        resolve();
+      });
+    });
+  const openKeepAlive = () =>
+    new Promise<void>((resolve) => {
+      const socket = netConnect({ host: target.hostname, port: Number(target.port) });
+      const conn = { closed: false, end: () => socket.destroy() };
+      let head = "";
+      socket.setEncoding("latin1");
+      socket.on("data", (chunk: string) => {
+        if (head.includes("\r\n\r\n")) return;
+        head += chunk;
+        if (!head.includes("\r\n\r\n")) return;
+        if (head.startsWith("HTTP/1.1 200")) open.push(conn);
+        else errors++;
+        resolve();
+      });
+      socket.once("close", () => {
+        conn.closed = true;
+        resolve();
+      });
+      socket.on("error", () => {
+        if (!conn.closed) errors++;
+        conn.closed = true;
+        resolve();
+      });
+      socket.write(`GET /healthz HTTP/1.1\r\nHost: ${target.host}\r\n\r\n`);
+    });
+  const openOne = task.kind === "idle-websockets" ? openWebSocket : openKeepAlive;
+
+  const baseRssKb = serverRssKb(task.serverPid);
+  const start = performance.now();
+  for (let batch = 0; batch < task.count; batch += 100) {
+    await Promise.all(Array.from({ length: Math.min(100, task.count - batch) }, openOne));
+  }
+  const openSeconds = (performance.now() - start) / 1000;
+  // Let the server finish with every handshake and response before measuring.
+  await new Promise((r) => setTimeout(r, Math.max(1000, task.count / 5)));
+  const rssKb = serverRssKb(task.serverPid);
+  const stillOpen = open.filter((c) => !c.closed).length;
+  errors += open.length - stillOpen;
+  for (const c of open) c.end();
+  return {
+    count: stillOpen,
+    seconds: openSeconds,
+    perSecond: open.length / openSeconds,
+    p50Ms: 0,
+    p99Ms: 0,
+    errors,
+    extra: memoryOf(baseRssKb, rssKb, stillOpen),
   };
 }
 

@@ -1,5 +1,5 @@
 /**
- * `npm run bench [-- --smoke]`: starts real cadenza processes (the built
+ * `npm run bench [-- --smoke] [-- --rows 5]`: starts real cadenza processes (the built
  * `dist/main.js`) on Postgres and on PGlite, drives them from separate load
  * processes over loopback, and prints every row of BENCHMARKS.md as a ratio to
  * a ceiling measured in the same run. `--smoke` runs each row briefly at small
@@ -18,7 +18,8 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import pg from "pg";
 import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { choice, registerForm } from "./forms.js";
-import type { Protocol, Result, StreamProtocol, Task } from "./load.js";
+import type { Protocol, Result, Task } from "./load.js";
+import { type StreamRow, streamRows } from "./stream-rows.js";
 
 const root = fileURLToPath(new URL("../", import.meta.url));
 const smoke = process.argv.includes("--smoke");
@@ -566,34 +567,13 @@ async function benchBackend(backend: Backend): Promise<void> {
       }
     }
 
-    // Row 5: many concurrent StreamSteps: server memory and step delivery delay.
-    // Each on a fresh server process, so one run's garbage is not counted in the next.
-    const streamProtocols: StreamProtocol[] = ["connect-h1", "grpc-h2", "hrpc-ws"];
-    for (const protocol of wants("5") ? streamProtocols : []) {
+    // Row 5: open streams and idle connections, each on a fresh server process
+    // (bench/stream-rows.ts); B is started again for the rows after it.
+    if (wants("5")) {
       await b.stop();
+      await streamRows(streamHarness(backend, envB, servers));
       b = await startServer(envB);
       servers.push(b);
-      const r = await load({
-        kind: "streams",
-        url: b.url,
-        protocol,
-        count: size.streams,
-        samples: size.samples,
-        serverPid: b.pid,
-      });
-      const rss = r.extra?.rssMb ?? 0;
-      record(
-        {
-          row: "5",
-          backend,
-          what: `${r.count.toLocaleString("en")} StreamSteps, ${protocol}`,
-          measured: `RSS ${rss.toFixed(0)} MB; NextStep→stream p50 ${r.p50Ms.toFixed(1)} ms, p99 ${r.p99Ms.toFixed(1)} ms (${r.extra?.samples ?? 0} samples, ${r.errors} errors)`,
-          ceiling: "—",
-          ratio: undefined,
-          goal: "≤ 300 MB, ≤ 50 ms",
-        },
-        rss <= 300 && r.p99Ms <= 50 && r.errors === 0 && r.count === size.streams,
-      );
     }
 
     // Row 6: LoginFederated with the homeserver's key cached, against raw Ed25519 verifies.
@@ -730,13 +710,51 @@ async function benchBackend(backend: Backend): Promise<void> {
   }
 }
 
+/** Row 5's harness: servers on `env`'s database, each tracked in `servers` so that none outlives the run. */
+function streamHarness(backend: Backend, env: Record<string, string>, servers: Server[]) {
+  return {
+    size,
+    async start(extra: Record<string, string> = {}) {
+      const server = await startServer({ ...env, ...extra });
+      servers.push(server);
+      return server;
+    },
+    load,
+    record: (row: StreamRow, ok: boolean) => record({ ...row, backend }, ok),
+  };
+}
+
+/** `--rows 5`: row 5 alone, on its own database. */
+async function benchStreamRows(backend: Backend): Promise<void> {
+  process.stderr.write(`\n${backend}\n`);
+  const db = await freshDatabase(backend);
+  const port = await freePort();
+  const servers: Server[] = [];
+  try {
+    await streamRows(
+      streamHarness(
+        backend,
+        { ...db.env, PORT: String(port), SERVER_ID: `127.0.0.1:${port}` },
+        servers,
+      ),
+    );
+  } finally {
+    for (const s of servers) await s.stop();
+    await db.drop();
+  }
+}
+
 // The smoke run proves the harness on the database CI certainly has.
 const backendsToRun = [
   ...(listArg("--backends") ?? (smoke ? ["postgres"] : ["postgres", "pglite"])),
 ];
 const unknownBackend = backendsToRun.find((b) => b !== "postgres" && b !== "pglite");
 if (unknownBackend) throw new Error(`--backends: ${unknownBackend} is not postgres or pglite`);
-for (const backend of backendsToRun as Backend[]) await benchBackend(backend);
+// Row 5 alone needs no other server: its own database and processes.
+const onlyStreams = onlyRows?.size === 1 && onlyRows.has("5");
+for (const backend of backendsToRun as Backend[]) {
+  await (onlyStreams ? benchStreamRows(backend) : benchBackend(backend));
+}
 
 const cpu = cpus()[0]?.model ?? "unknown CPU";
 process.stdout.write(

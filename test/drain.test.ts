@@ -1,5 +1,5 @@
 import { performance } from "node:perf_hooks";
-import { createClient } from "@connectrpc/connect";
+import { Code, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -8,6 +8,8 @@ import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { type RunningServer, startServer } from "../src/server/listener.js";
 import { fastHasher, testConfig } from "./helpers/app.js";
 import { pglite, type TestDatabase } from "./helpers/databases.js";
+import { expectRpcError } from "./helpers/errors.js";
+import { stepStreamPaths } from "./helpers/server.js";
 
 /**
  * SHUTDOWN_DRAIN, as a load balancer sees it: from the moment shutdown
@@ -79,3 +81,47 @@ describe("the shutdown drain", () => {
     await expect(fetch(`${server.internalUrl}/readyz`)).rejects.toThrow();
   });
 });
+
+describe.each(stepStreamPaths)(
+  "an open stream through the drain, on the %s path",
+  (streamSteps) => {
+    it("goes on getting steps while /readyz answers 503, and ends with Unavailable after", async () => {
+      const database = await pglite.open();
+      const ctx = await createAppContext(testConfig({ SHUTDOWN_DRAIN: `${DRAIN_MS}ms` }), {
+        db: database.db,
+        hasher: fastHasher,
+        logger: pino({ level: "silent" }),
+        background: false,
+      });
+      try {
+        const server = await startServer(ctx, { streamSteps });
+        const client = createClient(
+          AuthService,
+          createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }),
+        );
+        const authId = await ctx.flows.begin();
+        await ctx.flows.advance(authId, { kind: "current" });
+        const it = client.streamSteps({ authId })[Symbol.asyncIterator]();
+        expect((await it.next()).value?.step?.step.case).toBe("choice");
+
+        let closedAt = 0;
+        const began = performance.now();
+        const closed = server.close().then(() => {
+          closedAt = performance.now();
+        });
+        expect((await fetch(`${server.url}/readyz`)).status).toBe(503);
+        // A step shown during the drain still reaches the stream.
+        await ctx.flows.advance(authId, { kind: "choice", choice: "login" });
+        expect((await it.next()).value?.step?.step.case).toBe("form");
+        expect(closedAt).toBe(0);
+
+        await expectRpcError(it.next(), Code.Unavailable, "hrpc.unavailable");
+        expect(performance.now() - began).toBeGreaterThanOrEqual(DRAIN_MS - 1);
+        await closed;
+      } finally {
+        await ctx.close();
+        await database.close();
+      }
+    });
+  },
+);

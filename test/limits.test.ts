@@ -6,7 +6,11 @@ import { WebSocket } from "ws";
 import { type AppContext, createAppContext } from "../src/app-context.js";
 import type { PasswordHasher } from "../src/auth/password-hasher.js";
 import { ErrorSchema, RetryInfoSchema } from "../src/gen/hrpc/v1/hrpc_pb.js";
-import { AuthService, BeginAuthRequestSchema } from "../src/gen/protocol/auth/v1/auth_pb.js";
+import {
+  AuthService,
+  BeginAuthRequestSchema,
+  StreamStepsRequestSchema,
+} from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { createGate } from "../src/limits/admission.js";
 import { delayAfter } from "../src/limits/login-throttle.js";
 import { type RunningServer, startServer } from "../src/server/listener.js";
@@ -20,7 +24,12 @@ import {
 import { backends, pglite, type TestDatabase } from "./helpers/databases.js";
 import { expectRpcError, rpcError } from "./helpers/errors.js";
 import { bytes, newUser, openForm, register, submitForm, text } from "./helpers/flow.js";
-import { protocols, transportFactory } from "./helpers/server.js";
+import {
+  type ProtocolName,
+  protocols,
+  stepStreamPaths,
+  transportFactory,
+} from "./helpers/server.js";
 
 const schedule = {
   LOGIN_FAILURES_BEFORE_DELAY: "5",
@@ -433,3 +442,148 @@ describe("open streams per address, in a server", () => {
     }
   });
 });
+
+/**
+ * LIMIT_STREAMS_PER_ADDRESS and MAX_OPEN_STREAMS, as clients meet them on
+ * every transport, on both of StreamSteps' paths (test/helpers/server.ts):
+ * one budget per address shared by Connect, gRPC and hRPC, slots given back
+ * when a stream ends, and the open-streams gauge and the call histogram
+ * telling the same story.
+ */
+const streamCases = backends.flatMap((backend) =>
+  stepStreamPaths.map((streamSteps) => ({ name: backend.name, backend, streamSteps })),
+);
+
+describe.each(streamCases)(
+  "open streams on $name, StreamSteps on the $streamSteps path",
+  ({ backend, streamSteps }) => {
+    let database: TestDatabase;
+    let ctx: AppContext;
+    let server: RunningServer;
+    const fromA = transportFactory({ localAddress: "127.0.0.21" });
+    const fromB = transportFactory({ localAddress: "127.0.0.22" });
+    const path = "/protocol.auth.v1.AuthService/StreamSteps";
+
+    beforeAll(async () => {
+      database = await backend.open();
+      ctx = await createAppContext(
+        testConfig({ LIMIT_STREAMS_PER_ADDRESS: "2", MAX_OPEN_STREAMS: "3" }),
+        {
+          db: database.db,
+          hasher: fastHasher,
+          logger: pino({ level: "silent" }),
+          background: false,
+        },
+      );
+      server = await startServer(ctx, { streamSteps });
+    });
+    afterAll(async () => {
+      fromA.closeAll();
+      fromB.closeAll();
+      await server?.close();
+      await ctx?.close();
+      await database?.close();
+    });
+
+    /** A flow that has shown its first step, so a stream on it is open once that step arrives. */
+    async function shownFlow(): Promise<string> {
+      const authId = await ctx.flows.begin();
+      await ctx.flows.advance(authId, { kind: "current" });
+      return authId;
+    }
+
+    /** Opens StreamSteps; resolves once it is open, or rejects with why it was refused. */
+    async function open(transports: ReturnType<typeof transportFactory>, protocol: ProtocolName) {
+      const abort = new AbortController();
+      const client = createClient(AuthService, transports.create(protocol, server.url));
+      const it = client
+        .streamSteps({ authId: await shownFlow() }, { signal: abort.signal })
+        [Symbol.asyncIterator]();
+      await it.next();
+      return { close: () => abort.abort() };
+    }
+
+    /** Opens an hRPC stream from `localAddress`: open once its first frame arrives, or refused at the handshake. */
+    async function openWs(localAddress: string) {
+      const authId = await shownFlow();
+      const ws = new WebSocket(`${server.url.replace(/^http/, "ws")}${path}`, "hrpc1", {
+        localAddress,
+      });
+      ws.on("error", () => {});
+      return new Promise<{ close(): void } | { status: number; identifier: string }>((resolve) => {
+        ws.once("unexpected-response", (_req, res) => {
+          const chunks: Buffer[] = [];
+          res.on("data", (c: Buffer) => chunks.push(c));
+          res.on("end", () =>
+            resolve({
+              status: res.statusCode ?? 0,
+              identifier: fromBinary(ErrorSchema, Buffer.concat(chunks)).identifier,
+            }),
+          );
+        });
+        ws.once("open", () => {
+          ws.once("message", () => resolve({ close: () => ws.terminate() }));
+          ws.send(toBinary(StreamStepsRequestSchema, create(StreamStepsRequestSchema, { authId })));
+        });
+      });
+    }
+
+    const gauge = async () => {
+      const text = await ctx.metrics.text();
+      let sum = 0;
+      for (const m of text.matchAll(/^cadenza_open_streams\{[^}]*\} (\d+)$/gm)) sum += Number(m[1]);
+      return sum;
+    };
+    const refusedCalls = async () => {
+      const text = await ctx.metrics.text();
+      let sum = 0;
+      for (const m of text.matchAll(
+        /^rpc_server_call_duration_seconds_count\{[^}]*rpc_method="StreamSteps",rpc_response_status_code="resource_exhausted"\} (\d+)$/gm,
+      )) {
+        sum += Number(m[1]);
+      }
+      return sum;
+    };
+
+    it("shares one budget per address across transports, one in all, and gives slots back", async () => {
+      const refusedBefore = await refusedCalls();
+      const first = await open(fromA, "connect-json/http1");
+      const second = await openWs("127.0.0.21");
+      expect("close" in second).toBe(true);
+      expect(ctx.limits.streams.open).toBe(2);
+      expect(await gauge()).toBe(2);
+
+      // A's two slots are taken, whatever the transport.
+      const overA = await rpcError(open(fromA, "grpc/http2"));
+      expect(overA).toMatchObject({
+        codeName: "ResourceExhausted",
+        identifier: "hrpc.resource-exhausted",
+      });
+      expect(overA.message).toMatch(/too many open streams from your address \(2\)/);
+      expect(await openWs("127.0.0.21")).toEqual({
+        status: 429,
+        identifier: "hrpc.resource-exhausted",
+      });
+
+      // B has its own budget, but the server holds MAX_OPEN_STREAMS (3) once B opens one.
+      const third = await open(fromB, "grpc-web/http1");
+      const busy = await rpcError(open(fromB, "connect-binary/http2"));
+      expect(busy).toMatchObject({
+        codeName: "ResourceExhausted",
+        identifier: "hrpc.resource-exhausted",
+      });
+      expect(busy.message).toMatch(/server is busy/);
+      expect(await refusedCalls()).toBe(refusedBefore + 2);
+
+      // A stream that ends gives its slot back.
+      first.close();
+      await expect.poll(() => ctx.limits.streams.open).toBe(2);
+      const again = await open(fromA, "grpc/http2");
+      expect(await gauge()).toBe(3);
+
+      for (const s of [second, third, again]) if ("close" in s) s.close();
+      await expect.poll(() => ctx.limits.streams.open).toBe(0);
+      await expect.poll(gauge).toBe(0);
+    });
+  },
+);

@@ -1,19 +1,32 @@
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, createClient } from "@connectrpc/connect";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { WebSocket } from "ws";
 import { type AppContext, createAppContext } from "../src/app-context.js";
-import type { AuthStep } from "../src/gen/protocol/auth/v1/auth_pb.js";
-import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
+import { ErrorSchema } from "../src/gen/hrpc/v1/hrpc_pb.js";
+import {
+  AuthService,
+  type AuthStep,
+  StreamStepsRequestSchema,
+} from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { type RunningServer, startServer } from "../src/server/listener.js";
 import { fastHasher, testConfig } from "./helpers/app.js";
 import { backends, pglite, type TestDatabase } from "./helpers/databases.js";
 import { expectRpcError } from "./helpers/errors.js";
 import { bytes, choose, newUser, submitForm, text } from "./helpers/flow.js";
-import { protocols, selfSignedCertificate, transportFactory } from "./helpers/server.js";
+import {
+  protocols,
+  type StepStreamPath,
+  selfSignedCertificate,
+  stepStreamPaths,
+  transportFactory,
+} from "./helpers/server.js";
 
 async function serve(
   database: TestDatabase,
   env: Record<string, string> = {},
+  streamSteps: StepStreamPath = "direct",
 ): Promise<{ ctx: AppContext; server: RunningServer }> {
   const ctx = await createAppContext(
     testConfig({ SHUTDOWN_GRACE: "1s", CORS_ORIGINS: "https://app.example.org", ...env }),
@@ -24,8 +37,10 @@ async function serve(
       background: false,
     },
   );
-  return { ctx, server: await startServer(ctx) };
+  return { ctx, server: await startServer(ctx, { streamSteps }) };
 }
+
+const streamStepsPath = "/protocol.auth.v1.AuthService/StreamSteps";
 
 describe.each(backends)("one port, every protocol, on $name", (backend) => {
   let database: TestDatabase;
@@ -44,62 +59,115 @@ describe.each(backends)("one port, every protocol, on $name", (backend) => {
     await database?.close();
   });
 
-  describe.each(protocols)("%s", (protocol) => {
-    const client = () => createClient(AuthService, transports.create(protocol, server.url));
-
-    it("registers, streams every step, checks the session and logs in", async () => {
-      const c = client();
-      const user = newUser();
-      const { authId } = await c.beginAuth({});
-      const streamed: AuthStep[] = [];
-      const stream = (async () => {
-        for await (const res of c.streamSteps({ authId })) if (res.step) streamed.push(res.step);
-      })();
-      await c.nextStep({ authId });
-      await choose(c, authId, "register");
-      const done = await submitForm(c, authId, [
-        text(user.email),
-        text(user.username),
-        bytes(user.password),
-      ]);
-      await stream;
-      expect(streamed.map((s) => s.step.case)).toEqual(["choice", "form", "session"]);
-      expect(streamed[2]).toEqual(done.step);
-      const session = done.step?.step.case === "session" ? done.step.step.value : undefined;
-      await c.checkLoggedIn({}, { headers: { authorization: session?.sessionToken ?? "" } });
-
-      const { authId: loginId } = await c.beginAuth({});
-      await c.nextStep({ authId: loginId });
-      await choose(c, loginId, "login");
-      const again = await submitForm(c, loginId, [text(user.email), bytes(user.password)]);
-      expect(again.step?.step.case === "session" && again.step.step.value.userId).toBe(
-        session?.userId,
-      );
+  describe.each(stepStreamPaths)("StreamSteps on the %s path", (streamSteps) => {
+    let own: { ctx: AppContext; server: RunningServer };
+    beforeAll(async () => {
+      own = await serve(database, {}, streamSteps);
+    });
+    afterAll(async () => {
+      await own?.server.close();
+      await own?.ctx.close();
     });
 
-    it("carries the Harmony identifier with every error", async () => {
-      const c = client();
-      await expectRpcError(c.checkLoggedIn({}), Code.Unauthenticated, "h.blank-session");
-      await expectRpcError(c.nextStep({ authId: "C".repeat(32) }), Code.NotFound, "h.bad-auth-id");
-      const { authId } = await c.beginAuth({});
-      await c.nextStep({ authId });
-      await choose(c, authId, "login");
-      await expectRpcError(
-        submitForm(c, authId, [text("nobody@example.org"), bytes("whatever it is")]),
-        Code.Unauthenticated,
-        "h.bad-password\nh.bad-email",
+    describe.each(protocols)("%s", (protocol) => {
+      const client = () => createClient(AuthService, transports.create(protocol, own.server.url));
+
+      it("registers, streams every step, checks the session and logs in", async () => {
+        const c = client();
+        const user = newUser();
+        const { authId } = await c.beginAuth({});
+        const streamed: AuthStep[] = [];
+        const stream = (async () => {
+          for await (const res of c.streamSteps({ authId })) if (res.step) streamed.push(res.step);
+        })();
+        await c.nextStep({ authId });
+        await choose(c, authId, "register");
+        const done = await submitForm(c, authId, [
+          text(user.email),
+          text(user.username),
+          bytes(user.password),
+        ]);
+        await stream;
+        expect(streamed.map((s) => s.step.case)).toEqual(["choice", "form", "session"]);
+        expect(streamed[2]).toEqual(done.step);
+        const session = done.step?.step.case === "session" ? done.step.step.value : undefined;
+        await c.checkLoggedIn({}, { headers: { authorization: session?.sessionToken ?? "" } });
+
+        const { authId: loginId } = await c.beginAuth({});
+        await c.nextStep({ authId: loginId });
+        await choose(c, loginId, "login");
+        const again = await submitForm(c, loginId, [text(user.email), bytes(user.password)]);
+        expect(again.step?.step.case === "session" && again.step.step.value.userId).toBe(
+          session?.userId,
+        );
+      });
+
+      it("carries the Harmony identifier with every error", async () => {
+        const c = client();
+        await expectRpcError(c.checkLoggedIn({}), Code.Unauthenticated, "h.blank-session");
+        await expectRpcError(
+          c.nextStep({ authId: "C".repeat(32) }),
+          Code.NotFound,
+          "h.bad-auth-id",
+        );
+        const { authId } = await c.beginAuth({});
+        await c.nextStep({ authId });
+        await choose(c, authId, "login");
+        await expectRpcError(
+          submitForm(c, authId, [text("nobody@example.org"), bytes("whatever it is")]),
+          Code.Unauthenticated,
+          "h.bad-password\nh.bad-email",
+        );
+        await expectRpcError(
+          c.federate({ serverId: "other.example.org:443" }),
+          Code.Unauthenticated,
+          "h.blank-session",
+        );
+        await expectRpcError(
+          c.loginFederated({ serverId: "other.example.org:443" }),
+          Code.InvalidArgument,
+          "h.bad-token",
+        );
+        expect((await c.key({})).key).toHaveLength(32);
+      });
+    });
+
+    it("ends open streams on every protocol with Unavailable on shutdown, and stops accepting", async () => {
+      const closing = await serve(database, {}, streamSteps);
+      const { url } = closing.server;
+      // Each stream is open once it has shown its flow's first step.
+      const streams = await Promise.all(
+        protocols.map(async (protocol) => {
+          const c = createClient(AuthService, transports.create(protocol, url));
+          const { authId } = await c.beginAuth({});
+          await c.nextStep({ authId });
+          const it = c.streamSteps({ authId })[Symbol.asyncIterator]();
+          expect((await it.next()).done).toBe(false);
+          return it;
+        }),
       );
-      await expectRpcError(
-        c.federate({ serverId: "other.example.org:443" }),
-        Code.Unauthenticated,
-        "h.blank-session",
+      const authId = await closing.ctx.flows.begin();
+      await closing.ctx.flows.advance(authId, { kind: "current" });
+      const ws = new WebSocket(`${url.replace(/^http/, "ws")}${streamStepsPath}`, "hrpc1");
+      const frames: Buffer[] = [];
+      const firstFrame = new Promise((resolve) => ws.once("message", resolve));
+      ws.on("message", (data) => frames.push(data as Buffer));
+      const wsClosed = new Promise<number>((resolve) => ws.once("close", resolve));
+      await new Promise((resolve) => ws.once("open", resolve));
+      ws.send(toBinary(StreamStepsRequestSchema, create(StreamStepsRequestSchema, { authId })));
+      await firstFrame;
+
+      const closed = closing.server.close();
+      for (const it of streams)
+        await expectRpcError(it.next(), Code.Unavailable, "hrpc.unavailable");
+      expect(await wsClosed).toBe(1000);
+      expect(frames.map((f) => f[0])).toEqual([0, 1]);
+      expect(fromBinary(ErrorSchema, frames[1]?.subarray(1) ?? new Uint8Array()).identifier).toBe(
+        "hrpc.unavailable",
       );
-      await expectRpcError(
-        c.loginFederated({ serverId: "other.example.org:443" }),
-        Code.InvalidArgument,
-        "h.bad-token",
-      );
-      expect((await c.key({})).key).toHaveLength(32);
+      await closed;
+      await closing.ctx.close();
+      await expect(fetch(`${url}/healthz`)).rejects.toThrow();
     });
   });
 
@@ -189,23 +257,6 @@ describe.each(backends)("one port, every protocol, on $name", (backend) => {
         schemaVersion: ctx.schemaVersion,
       });
     });
-  });
-
-  it("ends open streams with Unavailable on shutdown, and stops accepting", async () => {
-    const own = await serve(database);
-    const c = createClient(AuthService, transports.create("connect-json/http1", own.server.url));
-    const { authId } = await c.beginAuth({});
-    const seen: string[] = [];
-    const stream = (async () => {
-      for await (const res of c.streamSteps({ authId })) seen.push(res.step?.step.case ?? "");
-    })();
-    await c.nextStep({ authId });
-    while (seen.length === 0) await new Promise((r) => setTimeout(r, 10));
-    const closing = own.server.close();
-    await expectRpcError(stream, Code.Unavailable, "hrpc.unavailable");
-    await closing;
-    await own.ctx.close();
-    await expect(fetch(`${own.server.url}/healthz`)).rejects.toThrow();
   });
 });
 

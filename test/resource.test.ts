@@ -30,7 +30,7 @@ import {
   rawH2,
   rstStreamFrame,
 } from "./helpers/h2-frames.js";
-import { selfSignedCertificate, transportFactory } from "./helpers/server.js";
+import { selfSignedCertificate, stepStreamPaths, transportFactory } from "./helpers/server.js";
 
 /**
  * Connections and the resources they hold, on real servers on loopback: every
@@ -780,7 +780,7 @@ describe("shutdown", () => {
   });
 });
 
-describe("long-lived streams are not idle", () => {
+describe.each(stepStreamPaths)("long-lived streams are not idle, on the %s path", (streamSteps) => {
   let ctx: AppContext;
   let url: string;
   const transports = transportFactory();
@@ -788,7 +788,10 @@ describe("long-lived streams are not idle", () => {
     ({
       ctx,
       server: { url },
-    } = await serve({ REQUEST_DEADLINE: `${DEADLINE_MS}ms`, IDLE_TIMEOUT: `${IDLE_MS}ms` }));
+    } = await serve(
+      { REQUEST_DEADLINE: `${DEADLINE_MS}ms`, IDLE_TIMEOUT: `${IDLE_MS}ms` },
+      { streamSteps },
+    ));
   });
   afterAll(() => transports.closeAll());
 

@@ -3,7 +3,7 @@ import { type Caller, unknownCaller } from "../caller.js";
 import type { Clock } from "../clock.js";
 import type { Config } from "../config.js";
 import type { Database, Queryable } from "../db/database.js";
-import { HarmonyError, hrpcErrors } from "../errors.js";
+import { HarmonyError } from "../errors.js";
 import { limitErrors } from "../limits/limit-errors.js";
 import type { Limits } from "../limits/limits.js";
 import { authErrors } from "./auth-errors.js";
@@ -16,11 +16,14 @@ import {
   initialStateFor,
   type StepView,
 } from "./flow-machine.js";
+import { type FlowWatchDeps, type StepWatcher, type Watch, watchFlow } from "./flow-watch.js";
 import { randomToken } from "./random-ids.js";
 import type { StepHub } from "./step-hub.js";
-import { type FlowKeys, flowKeys, openStep, sealStep } from "./step-seal.js";
-import type { FlowStore, StoredFlow, StoredStep } from "./stores.js";
+import { type FlowKeys, flowKeys, sealStep } from "./step-seal.js";
+import type { FlowStore, StoredFlow } from "./stores.js";
 import type { Submissions } from "./submissions.js";
+
+export type { StepWatcher, Watch } from "./flow-watch.js";
 
 /** auth_ids are 24 CSPRNG bytes (192 bits), base64url: 32 characters. */
 const AUTH_ID_BYTES = 24;
@@ -47,10 +50,11 @@ export interface Flows {
   /** Applies a NextStep or StepBack input; returns the step now current. */
   advance(authId: string, input: FlowInput, caller?: Caller): Promise<StepView>;
   /**
-   * Every step of the flow: those already shown, then each new one as it is
-   * shown by any process, ending after the session step.
+   * Watches every step of the flow: those already shown, then each new one as
+   * it is shown by any process, ending after the session step, until the
+   * watch is stopped (`watcher` then hears nothing more).
    */
-  stream(authId: string, signal: AbortSignal): AsyncGenerator<StepView>;
+  watch(authId: string, watcher: StepWatcher): Watch;
   /** Deletes expired flows; returns how many. */
   sweep(): Promise<number>;
   /** Flows neither finished nor expired, on every replica. */
@@ -104,6 +108,19 @@ export function createFlows(deps: FlowsDeps): Flows {
       sealStep(keys.seal, step),
     );
     return seq !== undefined;
+  };
+
+  const expiredError = (flow: { readonly done: boolean }) =>
+    new HarmonyError(flow.done ? authErrors.spentAuthId : authErrors.expiredAuthId);
+
+  const watchDeps: FlowWatchDeps = {
+    db,
+    clock,
+    flowStore,
+    hub,
+    keysFor,
+    unknownError: () => new HarmonyError(authErrors.unknownAuthId),
+    expiredError,
   };
 
   return {
@@ -163,55 +180,8 @@ export function createFlows(deps: FlowsDeps): Flows {
       }
     },
 
-    async *stream(authId, signal) {
-      const keys = keysFor(authId);
-      // Subscribe before reading the log, so no step falls between the two.
-      const subscription = hub.subscribe(keys.lookup);
-      try {
-        let flow = await load(keys);
-        // A completed flow stays readable only for its short grace period.
-        if (clock.now() >= flow.expiresAt) {
-          throw new HarmonyError(flow.done ? authErrors.spentAuthId : authErrors.expiredAuthId);
-        }
-        let nextSeq = 1;
-        // What to deliver next: announced steps, or "log" to re-read the log
-        // (at the start, and whenever an announcement may have been missed).
-        let pending: readonly StoredStep[] | "log" = "log";
-        for (;;) {
-          const steps =
-            pending === "log" ? await flowStore.stepsAfter(db, keys.lookup, nextSeq - 1) : pending;
-          for (const stored of steps) {
-            if (stored.seq !== nextSeq) continue;
-            nextSeq++;
-            const step = openStep(keys.seal, stored.sealed);
-            yield step;
-            if (step.kind === "session") return;
-          }
-          const event = await subscription.next(signal, flow.expiresAt - clock.now());
-          switch (event.kind) {
-            case "aborted":
-              // Shutdown aborts with a ConnectError (Unavailable) for the client.
-              throw signal.reason ?? new HarmonyError(hrpcErrors.unavailable);
-            case "timeout":
-              flow = await load(keys);
-              if (clock.now() >= flow.expiresAt) {
-                throw new HarmonyError(
-                  flow.done ? authErrors.spentAuthId : authErrors.expiredAuthId,
-                );
-              }
-              pending = "log";
-              break;
-            case "step":
-              pending = event.step.seq <= nextSeq ? [event.step] : "log";
-              break;
-            case "resync":
-              pending = "log";
-              break;
-          }
-        }
-      } finally {
-        subscription.close();
-      }
+    watch(authId, watcher) {
+      return watchFlow(watchDeps, authId, watcher);
     },
 
     sweep() {

@@ -1,40 +1,31 @@
 import type { Database } from "../db/database.js";
 import type { FlowStore, StoredStep } from "./stores.js";
 
-/** What a subscription can be woken with. */
+/** What a subscriber is told. */
 export type HubEvent =
   | { readonly kind: "step"; readonly step: StoredStep }
   /** Notifications may have been missed: re-read the log. */
-  | { readonly kind: "resync" }
-  | { readonly kind: "timeout" }
-  | { readonly kind: "aborted" };
-
-export interface StepSubscription {
-  /** The next event; `timeout` once `deadline` (epoch ms, by `now`) passes. */
-  next(signal: AbortSignal, waitMs: number): Promise<HubEvent>;
-  close(): void;
-}
+  | { readonly kind: "resync" };
 
 export interface StepHub {
-  /** Starts buffering announcements of the flow's steps; call before reading its log. */
-  subscribe(flowKey: Buffer): StepSubscription;
+  /**
+   * Tells `listener` of every step announced for the flow from now on, until
+   * the returned function is called; subscribe before reading its log. Each
+   * subscription needs a listener of its own (one function is one entry). It
+   * is called synchronously from the notification and must not throw.
+   */
+  subscribe(flowKey: Buffer, listener: (event: HubEvent) => void): () => void;
   close(): Promise<void>;
-}
-
-/** A subscriber that falls this far behind is told to re-read its log instead. */
-const MAX_QUEUED = 256;
-/** setTimeout's limit. */
-const MAX_WAIT_MS = 2 ** 31 - 1;
-
-interface Subscriber {
-  queue: HubEvent[];
-  wake: (() => void) | undefined;
 }
 
 /**
  * Fans step announcements from one LISTEN connection out to this process's
  * StreamSteps calls, by flow. Steps made by any process reach every process,
  * so a stream may attach to a different replica than the one advancing it.
+ *
+ * A subscription is a listener held by its flow's key: with 10,000 streams
+ * open every byte counts, so it holds no queue, promise or timer of its own
+ * (the watch in flow-watch.ts keeps what it needs).
  */
 export async function createStepHub({
   db,
@@ -43,58 +34,39 @@ export async function createStepHub({
   readonly db: Database;
   readonly flowStore: Pick<FlowStore, "listenSteps">;
 }): Promise<StepHub> {
-  const byFlow = new Map<string, Set<Subscriber>>();
-
-  const push = (sub: Subscriber, event: HubEvent): void => {
-    if (sub.queue.length >= MAX_QUEUED) sub.queue = [{ kind: "resync" }];
-    else sub.queue.push(event);
-    sub.wake?.();
+  type Listener = (event: HubEvent) => void;
+  // Almost every flow has one stream: its listener is held alone, a set only for more.
+  const byFlow = new Map<string, Listener | Set<Listener>>();
+  const resync: HubEvent = { kind: "resync" };
+  const tell = (listeners: Listener | Set<Listener>, event: HubEvent): void => {
+    if (typeof listeners === "function") listeners(event);
+    else for (const listener of listeners) listener(event);
   };
 
   const unlisten = await flowStore.listenSteps(db, {
     step(flowKey, step) {
-      const subs = byFlow.get(flowKey.toString("hex"));
-      if (subs) for (const sub of subs) push(sub, { kind: "step", step });
+      const listeners = byFlow.get(flowKey.toString("hex"));
+      if (listeners) tell(listeners, { kind: "step", step });
     },
     reconnected() {
-      for (const subs of byFlow.values()) for (const sub of subs) push(sub, { kind: "resync" });
+      for (const listeners of [...byFlow.values()]) tell(listeners, resync);
     },
   });
 
   return {
-    subscribe(flowKey) {
+    subscribe(flowKey, listener) {
       const id = flowKey.toString("hex");
-      const sub: Subscriber = { queue: [], wake: undefined };
-      const subs = byFlow.get(id) ?? new Set<Subscriber>();
-      byFlow.set(id, subs);
-      subs.add(sub);
-
-      return {
-        async next(signal, waitMs) {
-          const queued = sub.queue.shift();
-          if (queued) return queued;
-          if (signal.aborted) return { kind: "aborted" };
-          return new Promise<HubEvent>((resolve) => {
-            const finish = (event: HubEvent | undefined): void => {
-              clearTimeout(timer);
-              signal.removeEventListener("abort", onAbort);
-              sub.wake = undefined;
-              resolve(event ?? sub.queue.shift() ?? { kind: "resync" });
-            };
-            const onAbort = (): void => finish({ kind: "aborted" });
-            const timer = setTimeout(
-              () => finish({ kind: "timeout" }),
-              Math.max(0, Math.min(waitMs, MAX_WAIT_MS)),
-            );
-            signal.addEventListener("abort", onAbort, { once: true });
-            sub.wake = () => finish(undefined);
-          });
-        },
-        close() {
-          subs.delete(sub);
-          if (subs.size === 0 && byFlow.get(id) === subs) byFlow.delete(id);
-          sub.wake?.();
-        },
+      const held = byFlow.get(id);
+      if (held === undefined) byFlow.set(id, listener);
+      else if (typeof held === "function") byFlow.set(id, new Set([held, listener]));
+      else held.add(listener);
+      return () => {
+        const now = byFlow.get(id);
+        if (now === listener) byFlow.delete(id);
+        else if (typeof now === "object") {
+          now.delete(listener);
+          if (now.size === 0) byFlow.delete(id);
+        }
       };
     },
     close: unlisten,

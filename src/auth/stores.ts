@@ -23,6 +23,13 @@ export interface StepNotificationHandlers {
   reconnected(): void;
 }
 
+/** A flow's log as a stream reads it (see {@link FlowStore.readLog}). */
+export interface FlowLog {
+  readonly done: boolean;
+  readonly expiresAt: number;
+  readonly steps: StoredStep[];
+}
+
 export interface FlowStore {
   /**
    * Inserts a new flow begun from `clientAddress`, unless that address already
@@ -52,6 +59,12 @@ export interface FlowStore {
     sealed: Uint8Array,
   ): Promise<number | undefined>;
   stepsAfter(q: Queryable, key: Buffer, seq: number): Promise<StoredStep[]>;
+  /**
+   * What a stream needs when it attaches, in one read: whether the flow is
+   * done and when it expires, and the steps it showed after `seq`; undefined
+   * when there is no such flow.
+   */
+  readLog(q: Queryable, key: Buffer, seq: number): Promise<FlowLog | undefined>;
   listenSteps(db: Database, handlers: StepNotificationHandlers): Promise<() => Promise<void>>;
   deleteExpired(q: Queryable, now: number): Promise<number>;
   /** Flows neither finished nor expired. */

@@ -161,6 +161,31 @@ export function createFlowStore(): FlowStore {
       );
     },
 
+    async readLog(q: Queryable, key, seq) {
+      const rows = await many<{
+        done: boolean;
+        expires_at: Date;
+        seq: number | null;
+        sealed: Uint8Array | null;
+      }>(
+        q,
+        `SELECT f.done, f.expires_at, s.seq, s.sealed
+           FROM auth_flows f
+           LEFT JOIN auth_flow_steps s ON s.flow_key = f.key AND s.seq > $2
+          WHERE f.key = $1
+          ORDER BY s.seq`,
+        [key, seq],
+      );
+      const first = rows[0];
+      if (!first) return undefined;
+      const steps: StoredStep[] = [];
+      for (const row of rows) {
+        if (row.seq !== null && row.sealed !== null)
+          steps.push({ seq: row.seq, sealed: row.sealed });
+      }
+      return { done: first.done, expiresAt: first.expires_at.getTime(), steps };
+    },
+
     listenSteps(db: Database, handlers: StepNotificationHandlers) {
       return db.listen(stepChannel, {
         message(payload) {

@@ -11,6 +11,7 @@ import type { Limits } from "../limits/limits.js";
 import type { Metrics } from "../metrics.js";
 import { callRecordKey } from "./rpc/failure.js";
 import { sessionKey } from "./rpc/interceptors.js";
+import { openStepStream, stepResponses } from "./step-stream.js";
 import { toAuthStep, toFlowInput } from "./steps.js";
 
 export type AuthServiceDeps = {
@@ -41,6 +42,7 @@ export function createAuthServiceImpl({
   limits,
   metrics,
 }: AuthServiceDeps) {
+  const steps = { flows, limits, metrics };
   return {
     async beginAuth(_req, ctx) {
       // What the client can render beyond Harmony's steps, as it announced
@@ -65,21 +67,14 @@ export function createAuthServiceImpl({
       return { step: toAuthStep(step) };
     },
 
-    async *streamSteps(req, ctx) {
-      // An hRPC WebSocket took its slot when it opened.
-      const release = ctx.values.get(streamSlotHeldKey)
-        ? undefined
-        : limits.streams.acquire(ctx.values.get(callerKey).address);
-      const transport = ctx.values.get(callRecordKey)?.protocol ?? "in-process";
-      metrics?.streamOpened(transport);
-      try {
-        for await (const step of flows.stream(req.authId, ctx.signal)) {
-          yield { step: toAuthStep(step) };
-        }
-      } finally {
-        metrics?.streamClosed(transport);
-        release?.();
-      }
+    streamSteps(req, ctx) {
+      const call = {
+        authId: req.authId,
+        caller: ctx.values.get(callerKey),
+        transport: ctx.values.get(callRecordKey)?.protocol ?? "in-process",
+        slotHeld: ctx.values.get(streamSlotHeldKey),
+      };
+      return stepResponses((watcher) => openStepStream(steps, call, watcher), ctx.signal);
     },
 
     async checkLoggedIn() {

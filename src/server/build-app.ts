@@ -6,6 +6,7 @@ import {
   type ServerResponse,
 } from "node:http";
 import type { Http2ServerRequest } from "node:http2";
+import type { DescMethod } from "@bufbuild/protobuf";
 import { type ConnectRouter, cors as connectCors, type Interceptor } from "@connectrpc/connect";
 import { universalResponseToNodeResponse } from "@connectrpc/connect-node";
 import fastifyCors from "@fastify/cors";
@@ -35,11 +36,14 @@ import type { BadHostAnswer } from "./host-header.js";
 import { createHrpcAdapter } from "./hrpc/adapter.js";
 import { bearerMatches, internalAuthInterceptor, internalErrors } from "./internal-auth.js";
 import { createPasskeyServiceImpl } from "./passkey-service.js";
+import { createDirectHttp } from "./rpc/direct-http.js";
+import { createDirectStreams, type DirectMethod } from "./rpc/direct-stream.js";
 import type { CallObserver } from "./rpc/failure.js";
 import { answerUnknownMethod, rpcRoutes } from "./rpc/fastify.js";
 import { authInterceptor, errorInterceptor } from "./rpc/interceptors.js";
 import { createCallObserver } from "./rpc/observe.js";
 import { createRpcRouter, type RpcService } from "./rpc/router.js";
+import { streamStepsDirect } from "./step-stream.js";
 import { webUiRoutes } from "./web-ui.js";
 
 export interface BuiltApp {
@@ -52,6 +56,17 @@ export interface BuiltApp {
   beginShutdown(): void;
   /** Answers an RPC whose Host forms no URL in its protocol's error format. */
   readonly answerBadHost: BadHostAnswer;
+}
+
+export interface BuildOptions {
+  /**
+   * How StreamSteps is served over Connect, gRPC, gRPC-Web and hRPC:
+   * `direct` (the default) outside Connect's per-call pipeline, under the
+   * same rules (rpc/direct-stream.ts), for a fraction of the memory;
+   * `pipeline` through Connect's handler like every other method. Tests run
+   * the protocol suites on both, so the two cannot drift apart.
+   */
+  readonly streamSteps?: "direct" | "pipeline";
 }
 
 /** The end of every call: the request log line and the RPC duration histogram. */
@@ -123,6 +138,7 @@ export async function buildApp(
   ctx: AppContext,
   which: "public" | "internal",
   draining: AbortSignal,
+  options: BuildOptions = {},
 ): Promise<BuiltApp> {
   const { config, logger } = ctx;
   let handler: FastifyServerFactoryHandler | undefined;
@@ -142,6 +158,22 @@ export async function buildApp(
     observe: observerOf(ctx),
   });
 
+  // StreamSteps outside Connect's per-call pipeline, under the same rules.
+  const direct =
+    which === "public" && options.streamSteps !== "pipeline"
+      ? {
+          methods: new Map<DescMethod, DirectMethod>([
+            [AuthService.method.streamSteps, streamStepsDirect(ctx)],
+          ]),
+          streams: createDirectStreams({
+            logger,
+            sessions: ctx.sessions,
+            shutdownSignal: shutdown.signal,
+            observe: observerOf(ctx),
+          }),
+        }
+      : undefined;
+
   // One rule for who the client is, for every protocol (TRUSTED_PROXIES).
   const addressOf = createClientAddressOf(config.trustedProxies);
   const callerFor = (req: IncomingMessage | Http2ServerRequest) =>
@@ -158,6 +190,7 @@ export async function buildApp(
           logger,
           readMaxBytes: config.readMaxBytes,
           firstMessageTimeoutMs: config.hrpcStreamRequestTimeoutMs,
+          ...(direct ? { direct } : {}),
         })
       : undefined;
   /** Serves an hRPC unary call on a hijacked reply. */
@@ -218,7 +251,14 @@ export async function buildApp(
       return reply;
     });
   }
-  await app.register(rpcRoutes(router, logger, callerFor));
+  await app.register(
+    rpcRoutes(
+      router,
+      logger,
+      callerFor,
+      direct && createDirectHttp({ ...direct, handlerOptions: router.handlerOptions }),
+    ),
+  );
 
   await app.ready();
   if (!handler || !http1) throw new Error("fastify did not call serverFactory");

@@ -68,44 +68,64 @@ export function createConnections(options: ConnectionsOptions): Connections {
   const open = new Map<string, Tracked>();
   let onDrained: (() => void) | undefined;
 
-  interface Tracked extends Connection {
-    phase: Phase;
-    close(): void;
+  /**
+   * One accepted connection. A class, and listeners shared by every socket,
+   * rather than closures each: every open connection (10,000 streams are
+   * 10,000 of them) holds one of these for as long as it lives.
+   */
+  class Tracked implements Connection {
+    phase: Phase = "opening";
+    deadline: NodeJS.Timeout | undefined;
+    private closer: (() => void) | undefined;
+
+    constructor(
+      readonly socket: Socket,
+      readonly key: string | undefined,
+    ) {}
+
+    setClose(close: () => void): void {
+      this.closer = close;
+    }
+
+    close(): void {
+      if (this.closer) this.closer();
+      else this.socket.destroy();
+    }
+
+    requestArrived(): void {
+      if (this.phase !== "opening") return;
+      this.phase = "serving";
+      clearTimeout(this.deadline);
+      this.deadline = undefined;
+    }
+  }
+
+  function deadlinePassed(conn: Tracked): void {
+    logger.debug(
+      { remoteAddress: conn.socket.remoteAddress, deadlineMs: requestDeadlineMs },
+      "closing a connection that sent no complete request in time",
+    );
+    conn.close();
+  }
+  function socketError(err: Error): void {
+    logger.debug({ err }, "connection error");
+  }
+  function closed(conn: Tracked): void {
+    clearTimeout(conn.deadline);
+    conn.deadline = undefined;
+    if (conn.key !== undefined && open.get(conn.key) === conn) open.delete(conn.key);
+    if (open.size === 0) onDrained?.();
   }
 
   return {
     accept(socket) {
-      const key = peerKey(socket);
-      let deadline: NodeJS.Timeout | undefined;
-      const conn: Tracked = {
-        socket,
-        phase: "opening",
-        close: () => socket.destroy(),
-        setClose(close) {
-          conn.close = close;
-        },
-        requestArrived() {
-          if (conn.phase !== "opening") return;
-          conn.phase = "serving";
-          clearTimeout(deadline);
-        },
-      };
-      deadline = setTimeout(() => {
-        logger.debug(
-          { remoteAddress: socket.remoteAddress, deadlineMs: requestDeadlineMs },
-          "closing a connection that sent no complete request in time",
-        );
-        conn.close();
-      }, requestDeadlineMs);
+      const conn = new Tracked(socket, peerKey(socket));
+      conn.deadline = setTimeout(deadlinePassed, requestDeadlineMs, conn);
       // A client may reset the connection at any time, even before a protocol
       // server (which handles its own socket errors) has it.
-      socket.on("error", (err) => logger.debug({ err }, "connection error"));
-      if (key !== undefined) open.set(key, conn);
-      socket.once("close", () => {
-        clearTimeout(deadline);
-        if (key !== undefined && open.get(key) === conn) open.delete(key);
-        if (open.size === 0) onDrained?.();
-      });
+      socket.on("error", socketError);
+      if (conn.key !== undefined) open.set(conn.key, conn);
+      socket.once("close", () => closed(conn));
       return conn;
     },
 

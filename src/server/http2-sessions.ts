@@ -43,6 +43,11 @@ export interface Http2Sessions {
   closeAll(): void;
 }
 
+/** Resets a stream whose client is still sending (or not sending) its request. */
+function resetIncomplete(stream: ServerHttp2Stream): void {
+  if (!stream.destroyed && stream.state.remoteClose !== 1) stream.close(constants.NGHTTP2_CANCEL);
+}
+
 /** How long a session that got GOAWAY, with no stream left, may take to close before it is cut off. */
 const GOAWAY_CLOSE_GRACE_MS = 1_000;
 
@@ -94,12 +99,17 @@ export function createHttp2Sessions(options: Http2SessionsOptions): Http2Session
       open++;
       clearTimeout(idle);
       endUnreadRequest(stream, goAway);
-      const incomplete = setTimeout(() => {
-        // The client is still sending (or not sending) its request.
-        if (!stream.destroyed && stream.state.remoteClose !== 1) {
-          stream.close(constants.NGHTTP2_CANCEL);
-        }
-      }, requestTimeoutMs);
+      let incomplete: NodeJS.Timeout | undefined = setTimeout(
+        resetIncomplete,
+        requestTimeoutMs,
+        stream,
+      );
+      // The whole request has been read: nothing to time out, and a stream
+      // that stays open (StreamSteps) holds no timer for it.
+      stream.once("end", () => {
+        clearTimeout(incomplete);
+        incomplete = undefined;
+      });
       stream.once("close", () => {
         clearTimeout(incomplete);
         open--;

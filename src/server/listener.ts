@@ -11,7 +11,7 @@ import {
 } from "node:net";
 import { createServer as createTlsServer, type TLSSocket } from "node:tls";
 import type { AppContext } from "../app-context.js";
-import { type BuiltApp, buildApp } from "./build-app.js";
+import { type BuildOptions, type BuiltApp, buildApp } from "./build-app.js";
 import { createConnectionLimits } from "./connection-limits.js";
 import { createConnections } from "./connections.js";
 import { checkingHost } from "./host-header.js";
@@ -44,6 +44,8 @@ export interface ServerOptions {
    * proxy every connection comes from it).
    */
   readonly exemptFromAddressLimit?: (address: string) => boolean;
+  /** How StreamSteps is served (see {@link BuildOptions}); tests run both. */
+  readonly streamSteps?: BuildOptions["streamSteps"];
 }
 
 /** One listening socket serving one app. */
@@ -72,7 +74,12 @@ export async function startServer(
   const draining = new AbortController();
   const exempt = options.exemptFromAddressLimit ?? trustedProxyMatcher(config.trustedProxies);
   const [publicApp, internalApp] = await Promise.all([
-    buildApp(ctx, "public", draining.signal),
+    buildApp(
+      ctx,
+      "public",
+      draining.signal,
+      options.streamSteps ? { streamSteps: options.streamSteps } : {},
+    ),
     buildApp(ctx, "internal", draining.signal),
   ]);
   const publicListener = await listen(ctx, publicApp, config.host, config.port, "public", exempt);

@@ -118,3 +118,11 @@ export async function freePort(): Promise<number> {
   await new Promise((resolve) => server.close(resolve));
   return port;
 }
+
+/**
+ * The two ways StreamSteps is served (src/server/build-app.ts): directly,
+ * under the interceptors' rules, and through Connect's handler. Protocol
+ * suites run on both, so that the two cannot drift apart.
+ */
+export const stepStreamPaths = ["direct", "pipeline"] as const;
+export type StepStreamPath = (typeof stepStreamPaths)[number];

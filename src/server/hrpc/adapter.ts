@@ -9,7 +9,7 @@ import { failureFor, recordFailure } from "../rpc/failure.js";
 import type { RpcMethod } from "../rpc/router.js";
 import { hrpcErrorResponse } from "./errors.js";
 import { claimsUnary, type NodeRequest, pathOf } from "./routing.js";
-import { createHrpcStreams } from "./stream.js";
+import { createHrpcStreams, type HrpcStreamOptions } from "./stream.js";
 import { serveUnary } from "./unary.js";
 
 /**
@@ -18,6 +18,8 @@ import { serveUnary } from "./unary.js";
  * binary call (the bodies are the same bytes), a WebSocket stream as a
  * Connect server-stream, so every hRPC call runs through the same boundary,
  * interceptors, handlers and error table; nothing is implemented twice.
+ * (StreamSteps runs on the direct path instead, under the same rules:
+ * rpc/direct-stream.ts.)
  */
 export interface HrpcAdapter {
   /** Whether a request is for hRPC's unary transport. */
@@ -40,6 +42,8 @@ export type HrpcAdapterDeps = {
   readonly firstMessageTimeoutMs?: number;
   /** How often open streams are pinged (default 30 s). */
   readonly pingIntervalMs?: number;
+  /** Methods whose streams run on the direct path rather than through their Connect handler. */
+  readonly direct?: HrpcStreamOptions["direct"];
 };
 
 export function createHrpcAdapter({
@@ -50,6 +54,7 @@ export function createHrpcAdapter({
   readMaxBytes,
   firstMessageTimeoutMs = 10_000,
   pingIntervalMs = 30_000,
+  direct,
 }: HrpcAdapterDeps): HrpcAdapter {
   const streams = createHrpcStreams({
     methods,
@@ -59,6 +64,7 @@ export function createHrpcAdapter({
     readMaxBytes,
     firstMessageTimeoutMs,
     pingIntervalMs,
+    ...(direct ? { direct } : {}),
   });
   return {
     claims: (req) => claimsUnary(req, (path) => methods.has(path)),

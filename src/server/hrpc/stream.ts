@@ -1,5 +1,6 @@
 import type { IncomingMessage } from "node:http";
 import type { Duplex } from "node:stream";
+import type { DescMethod, Message } from "@bufbuild/protobuf";
 import {
   createAsyncIterable,
   encodeEnvelope,
@@ -8,10 +9,11 @@ import {
 } from "@connectrpc/connect/protocol";
 import { endStreamFlag } from "@connectrpc/connect/protocol-connect";
 import type { Logger } from "pino";
-import { type WebSocket, WebSocketServer } from "ws";
+import { type RawData, type WebSocket, WebSocketServer } from "ws";
 import type { Caller } from "../../caller.js";
 import { hrpcErrors } from "../../errors.js";
 import type { StreamSlots } from "../../limits/admission.js";
+import type { DirectMethod, DirectStreams } from "../rpc/direct-stream.js";
 import {
   type CallRecord,
   type Failure,
@@ -22,7 +24,7 @@ import {
 } from "../rpc/failure.js";
 import type { RpcMethod } from "../rpc/router.js";
 import { encodeHrpcError, hrpcErrorHttpBytes } from "./errors.js";
-import { startPinger } from "./pinger.js";
+import { createPinger } from "./pinger.js";
 import { pathOf, SUBPROTOCOL } from "./routing.js";
 import { connectRequestFor } from "./unary.js";
 
@@ -36,6 +38,15 @@ export interface HrpcStreamOptions {
   readonly firstMessageTimeoutMs: number;
   /** How often open streams are pinged. */
   readonly pingIntervalMs: number;
+  /**
+   * Methods whose streams run on the direct path (rpc/direct-stream.ts), by
+   * descriptor; a request that does not decode still goes to the method's
+   * Connect handler, which refuses it as it always has.
+   */
+  readonly direct?: {
+    readonly methods: ReadonlyMap<DescMethod, DirectMethod>;
+    readonly streams: DirectStreams;
+  };
 }
 
 export interface HrpcStreams {
@@ -117,28 +128,44 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
     });
   }
 
-  /** The request message, or the Failure to end the stream with. */
+  /**
+   * The request message, or the Failure to end the stream with. Its timer and
+   * listeners go once it is settled, so an open stream holds none of them.
+   */
   function firstMessage(ws: WebSocket): Promise<Uint8Array | Failure> {
     return new Promise((resolve) => {
-      const timer = setTimeout(
-        () => resolve(bad(`no request arrived within ${options.firstMessageTimeoutMs} ms`)),
-        options.firstMessageTimeoutMs,
-      );
-      ws.once("message", (data, isBinary) => {
+      const settle = (result: Uint8Array | Failure): void => {
         clearTimeout(timer);
+        ws.off("message", onMessage);
+        ws.off("close", onClose);
+        resolve(result);
+      };
+      const onMessage = (data: RawData, isBinary: boolean): void => {
         const bytes = Buffer.isBuffer(data)
           ? data
           : Array.isArray(data)
             ? Buffer.concat(data)
             : Buffer.from(data);
-        resolve(isBinary ? bytes : bad("send the request as one binary message"));
-      });
-      ws.once("close", () => {
-        clearTimeout(timer);
-        resolve(bad("closed before the request"));
-      });
+        settle(isBinary ? bytes : bad("send the request as one binary message"));
+      };
+      const onClose = (): void => settle(bad("closed before the request"));
+      const timer = setTimeout(
+        () => settle(bad(`no request arrived within ${options.firstMessageTimeoutMs} ms`)),
+        options.firstMessageTimeoutMs,
+      );
+      ws.on("message", onMessage);
+      ws.on("close", onClose);
     });
   }
+
+  /** Listeners every socket shares, rather than closures of its own. */
+  function leaveWaiting(this: WebSocket): void {
+    waiting.delete(this);
+  }
+  function socketError(err: Error): void {
+    logger.debug({ err }, "hRPC WebSocket error");
+  }
+  const pinger = createPinger(options.pingIntervalMs);
 
   async function run(
     ws: WebSocket,
@@ -148,13 +175,9 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
     authorization: string | undefined,
     caller: Caller,
   ): Promise<void> {
-    const abort = new AbortController();
-    startPinger(ws, options.pingIntervalMs);
-    ws.once("close", () => {
-      waiting.delete(ws);
-      abort.abort();
-    });
-    ws.on("error", (err) => logger.debug({ err }, "hRPC WebSocket error"));
+    pinger.watch(ws);
+    ws.on("close", leaveWaiting);
+    ws.on("error", socketError);
     const endWith = (failure: Failure, closeCode: number): void => {
       sendFrame(ws, 1, encodeHrpcError(recordFailure(logger, call, failure, method.procedure)));
       ws.close(closeCode);
@@ -165,6 +188,36 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
     if (!waiting.delete(ws)) return; // closed (or shut down) while waiting
     if (!(request instanceof Uint8Array)) return endWith(request, 1008);
 
+    const direct = options.direct?.methods.get(method.method);
+    const message = direct && decode(method, request);
+    if (direct && message) {
+      const served = options.direct?.streams.serve(
+        {
+          method: method.method,
+          record: call,
+          header: {
+            get: (name) =>
+              name.toLowerCase() === "authorization" ? (authorization ?? null) : null,
+          },
+          deadline: undefined,
+        },
+        direct.start(message, { caller, protocol: "hrpc", slotHeld: true }),
+        {
+          message: (response) =>
+            sendFrame(ws, 0, method.serialization.getO(true).serialize(response)),
+          // The same frames and close codes as a stream through the handler, below.
+          end: (failure) => {
+            if (failure) sendFrame(ws, 1, encodeHrpcError(failure));
+            ws.close(1000);
+          },
+        },
+      );
+      if (served) ws.once("close", () => served.cancel());
+      return;
+    }
+
+    const abort = new AbortController();
+    ws.once("close", () => abort.abort());
     const uRes = await method.serve(
       connectRequestFor(req, {
         contentType: "application/connect+proto",
@@ -194,6 +247,7 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
   return {
     upgrade,
     close() {
+      pinger.close();
       for (const ws of waiting) {
         sendFrame(ws, 1, encodeHrpcError(failureFor(hrpcErrors.unavailable)));
         ws.close(1001);
@@ -201,6 +255,15 @@ export function createHrpcStreams(options: HrpcStreamOptions): HrpcStreams {
       waiting.clear();
     },
   };
+}
+
+/** The request message, or undefined when it does not decode (the handler then refuses it). */
+function decode(method: RpcMethod, request: Uint8Array): Message | undefined {
+  try {
+    return method.serialization.getI(true).parse(request);
+  } catch {
+    return undefined;
+  }
 }
 
 /**

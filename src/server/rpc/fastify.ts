@@ -8,7 +8,8 @@ import {
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from "fastify";
 import type { Logger } from "pino";
 import { type Caller, callerKey } from "../../caller.js";
-import { callRecordKey, newCall } from "./failure.js";
+import type { DirectHttp } from "./direct-http.js";
+import { type CallRecord, callRecordKey, newCall } from "./failure.js";
 import type { RpcMethod, RpcRouter } from "./router.js";
 
 /**
@@ -25,6 +26,7 @@ export function rpcRoutes(
   router: RpcRouter,
   logger: Logger,
   callerFor: (req: FastifyRequest["raw"]) => Caller,
+  direct?: DirectHttp,
 ): FastifyPluginAsync {
   return async (app) => {
     // In this plugin's scope only: no body is parsed, not even for a 404.
@@ -33,9 +35,32 @@ export function rpcRoutes(
     // Runs for this plugin's routes and for its not-found handler.
     app.addHook("onRequest", async (request, reply) => {
       const method = request.is404 ? undefined : router.methods.get(request.routeOptions.url ?? "");
-      if (method) await serve(method, request, reply, logger, callerFor);
+      if (method && direct?.serves(method)) await serveDirect(direct, method, request, reply);
+      else if (method) await serve(method, request, reply, logger, callerFor);
       else await answerUnknownMethod(router, request, reply, logger);
     });
+    /**
+     * A streaming call on the direct path (direct-http.ts), which falls back
+     * to `serve` for a request it does not take. The hook resolves once the
+     * call has started: no promise waits on the stream while it is open.
+     */
+    const serveDirect = async (
+      direct: DirectHttp,
+      method: RpcMethod,
+      request: FastifyRequest,
+      reply: FastifyReply,
+    ): Promise<void> => {
+      reply.hijack();
+      copyReplyHeaders(reply);
+      await direct.serve(
+        method,
+        request.raw,
+        reply.raw,
+        callerFor(request.raw),
+        (body, call) => serve(method, request, reply, logger, callerFor, { body, call }),
+        (res) => write(res, reply, logger),
+      );
+    };
     for (const method of router.methods.values()) app.all(method.requestPath, servedOnRequest);
     app.setNotFoundHandler(async (request, reply) =>
       reply.code(404).send({ error: "not found", path: request.url.split("?", 1)[0] }),
@@ -65,18 +90,21 @@ export async function answerUnknownMethod(
   return true;
 }
 
-function contextFor(caller: Caller) {
-  return createContextValues()
-    .set(callerKey, caller)
-    .set(callRecordKey, newCall(undefined, caller.address));
+function contextFor(caller: Caller, call: CallRecord = newCall(undefined, caller.address)) {
+  return createContextValues().set(callerKey, caller).set(callRecordKey, call);
 }
 
+/**
+ * Serves a request through the method's Connect handlers; `given` is the
+ * body and call record when the direct path has read the body already.
+ */
 async function serve(
   method: RpcMethod,
   request: FastifyRequest,
   reply: FastifyReply,
   logger: Logger,
   callerFor: (req: FastifyRequest["raw"]) => Caller,
+  given?: { body: AsyncIterable<Uint8Array>; call: CallRecord },
 ): Promise<void> {
   reply.hijack();
   let uReq: ReturnType<typeof universalRequestFromNodeRequest>;
@@ -85,8 +113,9 @@ async function serve(
       request.raw,
       reply.raw,
       undefined,
-      contextFor(callerFor(request.raw)),
+      contextFor(callerFor(request.raw), given?.call),
     );
+    if (given) uReq = { ...uReq, body: given.body };
   } catch {
     // The URL cannot be formed from the Host header (or :authority).
     const host = String(request.headers.host ?? request.headers[":authority"] ?? "");
@@ -97,11 +126,15 @@ async function serve(
   await write(await method.serve(uReq), reply, logger);
 }
 
-async function write(res: UniversalServerResponse, reply: FastifyReply, logger: Logger) {
-  // Headers set by earlier hooks (CORS) live on the reply, not the raw response.
+/** Headers set by earlier hooks (CORS) live on the reply, not the raw response. */
+function copyReplyHeaders(reply: FastifyReply): void {
   for (const [name, value] of Object.entries(reply.getHeaders())) {
     if (value !== undefined) reply.raw.setHeader(name, value);
   }
+}
+
+async function write(res: UniversalServerResponse, reply: FastifyReply, logger: Logger) {
+  copyReplyHeaders(reply);
   try {
     await universalResponseToNodeResponse(res, reply.raw as ServerResponse);
   } catch (err) {

@@ -36,24 +36,39 @@ export function tokenFromAuthorization(value: string | null): string | undefined
  * option (not a list of method names) keeps the rule next to the method.
  */
 export function authInterceptor(sessions: Pick<Sessions, "authenticate">): Interceptor {
-  // Reading an extension decodes it from the method's options each time (~5 µs):
-  // once per method is enough, the descriptors never change.
-  const requires = new WeakMap<DescMethod, boolean>();
-  const requiresAuthentication = (method: DescMethod): boolean => {
-    let required = requires.get(method);
-    if (required === undefined) {
-      required = hasOption(method, metadata) && getOption(method, metadata).requiresAuthentication;
-      requires.set(method, required);
-    }
-    return required;
-  };
   return (next) => async (req) => {
-    if (requiresAuthentication(req.method)) {
-      const token = tokenFromAuthorization(req.header.get("authorization"));
-      req.contextValues.set(sessionKey, await sessions.authenticate(token));
-    }
+    const session = await sessionFor(sessions, req.method, req.header);
+    if (session) req.contextValues.set(sessionKey, session);
     return next(req);
   };
+}
+
+/**
+ * The session a call to `method` runs with: authenticated from its
+ * Authorization header when the method's Harmony option requires it
+ * (throwing `h.blank-session` when it does not check out), else none. The
+ * auth interceptor and the direct stream path (direct-stream.ts) both decide
+ * with this.
+ */
+export async function sessionFor(
+  sessions: Pick<Sessions, "authenticate">,
+  method: DescMethod,
+  header: Pick<Headers, "get">,
+): Promise<AuthenticatedSession | undefined> {
+  if (!requiresAuthentication(method)) return undefined;
+  return sessions.authenticate(tokenFromAuthorization(header.get("authorization")));
+}
+
+// Reading an extension decodes it from the method's options each time (~5 µs):
+// once per method is enough, the descriptors never change.
+const requires = new WeakMap<DescMethod, boolean>();
+function requiresAuthentication(method: DescMethod): boolean {
+  let required = requires.get(method);
+  if (required === undefined) {
+    required = hasOption(method, metadata) && getOption(method, metadata).requiresAuthentication;
+    requires.set(method, required);
+  }
+  return required;
 }
 
 /** The one request message of a server-streaming call, read here so its errors are the client's. */
@@ -74,10 +89,15 @@ async function single<T>(messages: AsyncIterable<T>): Promise<T> {
  * shutdown (both ConnectErrors or HarmonyErrors), or else the client going
  * away. Whatever a handler throws after that is only a consequence.
  */
-function abortedBy(signal: AbortSignal): unknown {
+export function abortedBy(signal: AbortSignal): unknown {
   if (!signal.aborted) return undefined;
   const reason: unknown = signal.reason;
   if (reason instanceof ConnectError || reason instanceof HarmonyError) return reason;
+  return clientWentAway();
+}
+
+/** What a call ends with when its client goes away (logged at debug, as `hrpc.canceled`). */
+export function clientWentAway(): ConnectError {
   return new ConnectError("the client went away", Code.Canceled);
 }
 

@@ -1,4 +1,10 @@
-import { type DescMethod, type DescService, fromBinary, fromJsonString } from "@bufbuild/protobuf";
+import {
+  type DescMessage,
+  type DescMethod,
+  type DescService,
+  fromBinary,
+  fromJsonString,
+} from "@bufbuild/protobuf";
 import {
   createContextValues,
   createServiceImplSpec,
@@ -7,6 +13,8 @@ import {
 } from "@connectrpc/connect";
 import {
   createAsyncIterable,
+  createMethodSerializationLookup,
+  type MethodSerializationLookup,
   readAllBytes,
   type UniversalHandler,
   type UniversalServerRequest,
@@ -76,6 +84,20 @@ export interface RpcMethod {
   /** Serves one request on this method's path, in whichever protocol it speaks. */
   serve(req: UniversalServerRequest): Promise<UniversalServerResponse>;
   /**
+   * The checks `serve` makes before a request reaches the protocol's
+   * handler (its Content-Type, HTTP method, compression and deadline
+   * headers): the request's format when it passes, else the answer refusing
+   * it, its failure recorded on `call`. For paths that serve a call without
+   * the handler (direct-http.ts), so that they refuse exactly what it does.
+   */
+  admit(
+    call: CallRecord,
+    httpMethod: string,
+    header: Pick<Headers, "get">,
+  ): { readonly format: RequestFormat } | { readonly refused: UniversalServerResponse };
+  /** Decodes requests and encodes responses exactly as the method's handlers do. */
+  readonly serialization: MethodSerializationLookup<DescMessage, DescMessage>;
+  /**
    * Refuses a request on this method's path that cannot even be handed to
    * `serve` (its Host header forms no URL), as a malformed request in the
    * protocol its Content-Type names.
@@ -85,6 +107,8 @@ export interface RpcMethod {
 
 export interface RpcRouter {
   readonly methods: ReadonlyMap<string, RpcMethod>;
+  /** The options every handler was made with (limits, JSON options, shutdown signal). */
+  readonly handlerOptions: ReturnType<typeof validateUniversalHandlerOptions>;
   /**
    * The answer to a request for a path that is no method, in the protocol its
    * Content-Type names; undefined when it names none of cadenza's protocols.
@@ -146,11 +170,76 @@ export function createRpcRouter(
     const bad = (message: string): Failure =>
       failureFor(unary ? hrpcErrors.badUnaryRequest : hrpcErrors.badStreamingRequest, message);
 
+    const admit: RpcMethod["admit"] = (call, httpMethod, header) => {
+      const contentType = header.get("content-type") ?? "";
+      const format = requestFormat(contentType);
+      if (format) call.protocol ??= format.protocol;
+      if (format === undefined || "unsupported" in format) {
+        const family = format?.protocol ?? "connect";
+        return {
+          refused: refuse(
+            call,
+            fallbackFormat(family),
+            bad(
+              `Content-Type ${contentType || "(none)"} is not supported here; ${method.name} takes ${accepted(unary)}`,
+            ),
+          ),
+        };
+      }
+      if (httpMethod !== "POST") {
+        return { refused: refuse(call, format, bad(`${method.name} takes POST requests`)) };
+      }
+      if (format.protocol === "connect" && format.stream === unary) {
+        return {
+          refused: refuse(
+            call,
+            format,
+            bad(
+              `${method.name} is ${unary ? "unary" : "streaming"}; send it as ${accepted(unary)}`,
+            ),
+          ),
+        };
+      }
+      const encoding = header.get(requestEncodingHeader(format));
+      if (encoding !== null && encoding.toLowerCase() !== "identity") {
+        return {
+          refused: refuse(
+            call,
+            format,
+            failureFor(
+              hrpcErrors.notImplemented,
+              `compressed requests (${encoding}) are not accepted; send the request uncompressed`,
+            ),
+          ),
+        };
+      }
+      const deadline = header.get(timeoutHeader(format.protocol));
+      if (!timeoutHeaderValid(format.protocol, deadline, options.maxTimeoutMs)) {
+        return {
+          refused: refuse(
+            call,
+            format,
+            bad(
+              `the ${timeoutHeader(format.protocol)} header must be a timeout of at most ${options.maxTimeoutMs} ms`,
+            ),
+          ),
+        };
+      }
+      return { format };
+    };
+
     return {
       service: method.parent,
       method,
       requestPath,
       procedure,
+      admit,
+      serialization: createMethodSerializationLookup(
+        method,
+        handlerOptions.binaryOptions,
+        handlerOptions.jsonOptions,
+        handlerOptions,
+      ),
       refuse(contentType, message) {
         const format = requestFormat(contentType);
         const answer =
@@ -166,59 +255,16 @@ export function createRpcRouter(
           call = newCall();
           values.set(callRecordKey, call);
         }
-        const contentType = req.header.get("content-type") ?? "";
-        const format = requestFormat(contentType);
-        if (format) call.protocol ??= format.protocol;
-        if (format === undefined || "unsupported" in format) {
-          const family = format?.protocol ?? "connect";
-          return refuse(
-            call,
-            fallbackFormat(family),
-            bad(
-              `Content-Type ${contentType || "(none)"} is not supported here; ${method.name} takes ${accepted(unary)}`,
-            ),
-          );
-        }
-        if (req.method !== "POST") {
-          return refuse(call, format, bad(`${method.name} takes POST requests`));
-        }
-        if (format.protocol === "connect" && format.stream === unary) {
-          return refuse(
-            call,
-            format,
-            bad(
-              `${method.name} is ${unary ? "unary" : "streaming"}; send it as ${accepted(unary)}`,
-            ),
-          );
-        }
+        const admission = admit(call, req.method, req.header);
+        if ("refused" in admission) return admission.refused;
+        const { format } = admission;
         let header = req.header;
-        const encoding = header.get(requestEncodingHeader(format));
-        if (encoding !== null) {
-          if (encoding.toLowerCase() !== "identity") {
-            return refuse(
-              call,
-              format,
-              failureFor(
-                hrpcErrors.notImplemented,
-                `compressed requests (${encoding}) are not accepted; send the request uncompressed`,
-              ),
-            );
-          }
+        if (header.get(requestEncodingHeader(format)) !== null) {
           // Content-codings are case-insensitive (RFC 9110 §8.4.1), but
           // connect-es knows "identity" only as written: it would refuse
           // "IDENTITY" inside the runtime. Uncompressed needs no header.
           header = new Headers(header);
           header.delete(requestEncodingHeader(format));
-        }
-        const deadline = req.header.get(timeoutHeader(format.protocol));
-        if (!timeoutHeaderValid(format.protocol, deadline, options.maxTimeoutMs)) {
-          return refuse(
-            call,
-            format,
-            bad(
-              `the ${timeoutHeader(format.protocol)} header must be a timeout of at most ${options.maxTimeoutMs} ms`,
-            ),
-          );
         }
         let admitted: UniversalServerRequest = { ...req, header, contextValues: values };
         if (unary) {
@@ -291,6 +337,7 @@ export function createRpcRouter(
 
   return {
     methods,
+    handlerOptions,
     unknownMethod(path, contentType) {
       const format = requestFormat(contentType);
       if (format === undefined) return undefined;
