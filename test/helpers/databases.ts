@@ -1,6 +1,8 @@
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import pg from "pg";
 import { pino } from "pino";
+import { inject } from "vitest";
 import type { Database } from "../../src/db/database.js";
 import { migrate } from "../../src/db/migrate.js";
 import { createPgliteDatabase, inMemory } from "../../src/db/pglite.js";
@@ -37,11 +39,20 @@ function wrap(db: Database, url: string | undefined, cleanup: () => Promise<void
   };
 }
 
+let template: Blob | undefined;
+/** The migrated database test/helpers/global-setup.ts dumped for this run, read once per file. */
+function migratedTemplate(): Blob {
+  template ??= new Blob([readFileSync(inject("pgliteTemplate"))]);
+  return template;
+}
+
 export const pglite: TestBackend = {
   name: "pglite",
   async open(options = {}) {
-    const db = await createPgliteDatabase(inMemory);
-    if (options.migrate !== false) await migrate(db);
+    const db =
+      options.migrate === false
+        ? await createPgliteDatabase(inMemory)
+        : await createPgliteDatabase(inMemory, { loadDataDir: migratedTemplate() });
     return wrap(db, undefined, () => db.close());
   },
 };
