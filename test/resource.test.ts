@@ -30,6 +30,7 @@ import {
   rawH2,
   rstStreamFrame,
 } from "./helpers/h2-frames.js";
+import { entryPoint } from "./helpers/process.js";
 import { selfSignedCertificate, transportFactory } from "./helpers/server.js";
 
 /**
@@ -942,23 +943,19 @@ describe("the issue's measurement: a server with 1,024 open files and 1,100 sile
   it("serves every normal request, and closes the silent sockets at REQUEST_DEADLINE", async () => {
     const DEADLINE = 2_000;
     // Lowering ulimit -n for the child only, as the issue measured it.
-    const child = spawn(
-      "sh",
-      ["-c", `ulimit -n 1024 && exec "${process.execPath}" --import tsx src/main.ts`],
-      {
-        cwd: fileURLToPath(new URL("../", import.meta.url)),
-        env: {
-          ...process.env,
-          HOST: "127.0.0.1",
-          PORT: "0",
-          INTERNAL_PORT: "0",
-          DATA_DIR: "memory://",
-          LOG_LEVEL: "info",
-          REQUEST_DEADLINE: `${DEADLINE}ms`,
-        },
-        stdio: ["ignore", "pipe", "inherit"],
+    const child = spawn("sh", ["-c", `ulimit -n 1024 && exec "$0" "$1"`, ...entryPoint("main")], {
+      cwd: fileURLToPath(new URL("../", import.meta.url)),
+      env: {
+        ...process.env,
+        HOST: "127.0.0.1",
+        PORT: "0",
+        INTERNAL_PORT: "0",
+        DATA_DIR: "memory://",
+        LOG_LEVEL: "info",
+        REQUEST_DEADLINE: `${DEADLINE}ms`,
       },
-    );
+      stdio: ["ignore", "pipe", "inherit"],
+    });
     try {
       const logs: LogLine[] = [];
       const url = await new Promise<string>((resolve, reject) => {

@@ -18,8 +18,8 @@ import { transportFactory } from "./helpers/server.js";
 
 /**
  * How long a start-up that fails its checks may take: loading src/main.ts
- * through tsx (a few seconds on these shared two-core machines) and the
- * checks themselves, which wait on nothing slow here.
+ * (a second or two on these shared two-core machines) and the checks
+ * themselves, which wait on nothing slow here.
  */
 const FAIL_MS = 20_000;
 /** How long startServerProcess waits for a server to listen (PGlite's initdb included). */
