@@ -137,7 +137,8 @@ const DEADLINE_MS = 500;
 const IDLE_MS = 300;
 const REQUEST_MS = 1_000;
 
-describe("stalled connections are closed on time", () => {
+// Concurrently: each test waits on its own connection's timer, and the waits add up.
+describe.concurrent("stalled connections are closed on time", () => {
   let port: number;
   let url: string;
   beforeAll(async () => {
@@ -274,7 +275,7 @@ describe("stalled connections are closed on time", () => {
   });
 });
 
-describe("TLS handshakes are bounded too", () => {
+describe.concurrent("TLS handshakes are bounded too", () => {
   const tls = selfSignedCertificate();
   let port: number;
   beforeAll(async () => {
