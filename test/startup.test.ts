@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { afterAll, describe, expect, it } from "vitest";
 import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
-import { postgresBackend, type TestDatabase } from "./helpers/databases.js";
+import { migratedDataDir, postgresBackend, type TestDatabase } from "./helpers/databases.js";
 import { fakePostgres } from "./helpers/fake-postgres.js";
 import {
   runCli,
@@ -208,7 +208,8 @@ describe("one process per PGlite DATA_DIR", () => {
   it(
     "refuses a second server and the CLI while one runs, and is taken over after a kill -9",
     async () => {
-      const dataDir = join(tempDir(), "data");
+      // Made already: initdb's first start is test/processes.test.ts's.
+      const dataDir = migratedDataDir(join(tempDir(), "data"));
       const first = await startServerProcess({ DATA_DIR: dataDir });
       running.push(first);
       const pid = first.child.pid ?? 0;
