@@ -396,17 +396,53 @@ describe.each(backends)("auth flow on $name", (backend) => {
     const titles = (steps: AuthStep[]) =>
       steps.map((s) => (s.step.case === "session" ? "session" : (s.step.value?.title ?? "?")));
 
+    /**
+     * A StreamSteps call whose steps are kept as they arrive: `received(n)`
+     * resolves with the first `n` once they have, so a test knows what a
+     * stream had been sent before it makes the next step.
+     */
+    const watch = (authId: string) => {
+      const steps: AuthStep[] = [];
+      const waiting: { n: number; resolve: () => void }[] = [];
+      const done = (async () => {
+        for await (const res of app.client.streamSteps({ authId })) {
+          if (!res.step) continue;
+          steps.push(res.step);
+          for (const w of waiting.filter((w) => steps.length >= w.n)) w.resolve();
+        }
+        return steps;
+      })();
+      return {
+        done,
+        received: (n: number) =>
+          new Promise<AuthStep[]>((resolve, reject) => {
+            const settle = () => resolve(steps.slice(0, n));
+            if (steps.length >= n) return settle();
+            waiting.push({ n, resolve: settle });
+            done.then(
+              () => reject(new Error(`the stream ended after ${steps.length} of ${n} steps`)),
+              reject,
+            );
+          }),
+      };
+    };
+
     it("pushes every step to every stream, the queued ones first, and ends after the session", async () => {
       const { client } = app;
       const user = newUser();
       const { authId } = await client.beginAuth({});
-      await client.nextStep({ authId }); // produced before any stream attaches: queued
-      const early = collect(authId);
-      await new Promise((r) => setTimeout(r, 50));
-      await choose(client, authId, "login");
+      await client.nextStep({ authId }); // made before any stream attaches: queued in the log
+      const early = watch(authId);
+      // The queued step is the first the stream is sent, before any other exists.
+      expect(titles(await early.received(1))).toEqual(["initial"]);
+      await choose(client, authId, "login"); // pushed to the attached stream
       await client.stepBack({ authId });
-      const late = collect(authId);
-      await choose(client, authId, "register");
+      expect(titles(await early.received(3))).toEqual(["initial", "login", "initial"]);
+      // A stream attaching now is sent the three made so far, in order, and only them.
+      const late = watch(authId);
+      expect(titles(await late.received(3))).toEqual(["initial", "login", "initial"]);
+      await choose(client, authId, "register"); // pushed to both
+      expect(titles(await late.received(4))).toEqual(["initial", "login", "initial", "register"]);
       await expectRpcError(
         submitForm(client, authId, [text("bad")]),
         Code.InvalidArgument,
@@ -417,11 +453,11 @@ describe.each(backends)("auth flow on $name", (backend) => {
         text(user.username),
         bytes(user.password),
       ]);
+      // Each stream ends after the session, having had every step exactly once.
       const expected = ["initial", "login", "initial", "register", "session"];
-      expect(titles(await early)).toEqual(expected);
-      expect(titles(await late)).toEqual(expected);
-      const streamed = (await collect(authId)).at(-1);
-      expect(streamed?.step).toEqual(final.step?.step);
+      expect(titles(await early.done)).toEqual(expected);
+      expect(titles(await late.done)).toEqual(expected);
+      expect((await early.done).at(-1)?.step).toEqual(final.step?.step);
     });
 
     it("refuses an unknown auth_id", async () => {
