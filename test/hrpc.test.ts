@@ -1,9 +1,10 @@
+import { once } from "node:events";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { AuthServiceClient } from "@harmony-dev/harmony-web-sdk/dist/gen/auth/v1/auth.client.js";
 import type { AuthStep as SdkAuthStep } from "@harmony-dev/harmony-web-sdk/dist/gen/auth/v1/auth.js";
 import { HrpcTransport } from "@harmony-dev/transport-hrpc";
 import { pino } from "pino";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { WebSocket } from "ws";
 import { type AppContext, createAppContext } from "../src/app-context.js";
 import { ErrorSchema } from "../src/gen/hrpc/v1/hrpc_pb.js";
@@ -343,13 +344,48 @@ describe.each(backends)("hRPC on $name", (backend) => {
       ).toBe("hrpc.http.bad-streaming-request");
     });
 
-    it("answers pings", async () => {
-      const stream = open("StreamSteps");
-      await stream.opened;
-      const pong = new Promise<Buffer>((resolve) => stream.ws.once("pong", resolve));
-      stream.ws.ping("are you there");
-      expect((await pong).toString()).toBe("are you there");
-      stream.ws.terminate();
+    it("pings an open stream every 30 s, and terminates it once a ping goes unanswered", async () => {
+      // cadenza's pinger (src/server/hrpc/pinger.ts) runs on setInterval in
+      // this process: faked from here, so 30 s pass when the test says.
+      vi.useFakeTimers({ toFake: ["setInterval", "clearInterval"] });
+      try {
+        const authId = await ctx.flows.begin();
+        // This client answers pings only when the test does.
+        const ws = new WebSocket(wsUrl("StreamSteps"), ["hrpc1"], { autoPong: false });
+        const closed = new Promise<number>((resolve) => ws.on("close", (code) => resolve(code)));
+        await once(ws, "open");
+        ws.send(toBinary(StreamStepsRequestSchema, create(StreamStepsRequestSchema, { authId })));
+        /** What reaches the client first once 30 s pass: a ping, the close, or (5 s on) nothing. */
+        const after30s = async (): Promise<string> => {
+          let timer: NodeJS.Timeout | undefined;
+          const seen = Promise.race([
+            once(ws, "ping").then(() => "ping"),
+            closed.then((code) => `close ${code}`),
+            new Promise<string>((resolve) => {
+              timer = setTimeout(resolve, 5_000, "nothing");
+            }),
+          ]);
+          vi.advanceTimersByTime(30_000);
+          try {
+            return await seen;
+          } finally {
+            clearTimeout(timer);
+          }
+        };
+
+        expect(await after30s()).toBe("ping");
+        ws.pong();
+        // The client's own ping comes back after the server has read the pong before it.
+        const pong = once(ws, "pong");
+        ws.ping();
+        await pong;
+        // Answered: 30 s on, another ping.
+        expect(await after30s()).toBe("ping");
+        // Not answered: at the next interval the server drops the connection.
+        expect(await after30s()).toBe("close 1006");
+      } finally {
+        vi.useRealTimers();
+      }
     });
 
     it.each([
