@@ -28,6 +28,7 @@ const unit = [
   "database-url",
   "db-failures",
   "flow-machine",
+  "hrpc-errors",
   "mailer",
   "password-hasher",
   "server-ids",
