@@ -238,33 +238,53 @@ describe.each(backends)("auth flow on $name", (backend) => {
     });
 
     it.each([
-      ["h.invalid-email", ["not-an-email", "gooduser", "correct horse battery"]],
-      ["h.invalid-username", ["ok@example.org", "x", "correct horse battery"]],
-      ["h.invalid-password", ["ok@example.org", "gooduser", "short"]],
-      ["h.invalid-password", ["ok@example.org", "gooduser", "password1"]],
-    ])("refuses with %s and writes nothing", async (identifier, [email, username, password]) => {
-      const users = await count("users");
-      const authId = await openForm(app.client, "register");
-      const message = await expectRpcError(
-        submitForm(app.client, authId, [
-          text(email ?? ""),
-          text(username ?? ""),
-          bytes(password ?? ""),
-        ]),
-        Code.InvalidArgument,
-        identifier,
-      );
-      expect(message.length).toBeGreaterThan(10);
-      expect(await count("users")).toBe(users);
-      // The flow is still on the form: the user can correct it and retry.
-      const user = newUser();
-      const res = await submitForm(app.client, authId, [
-        text(user.email),
-        text(user.username),
-        bytes(user.password),
-      ]);
-      expect(res.step?.step.case).toBe("session");
-    });
+      [
+        "h.invalid-email",
+        ["not-an-email", "gooduser", "correct horse battery"],
+        "invalid email: expected an address such as name@example.org",
+      ],
+      [
+        "h.invalid-username",
+        ["ok@example.org", "x", "correct horse battery"],
+        "invalid username: it must be 2 to 32 characters long",
+      ],
+      [
+        "h.invalid-password",
+        ["ok@example.org", "gooduser", "short"],
+        "invalid password: it must be at least 8 characters long",
+      ],
+      [
+        "h.invalid-password",
+        ["ok@example.org", "gooduser", "password1"],
+        "invalid password: it is one of the most commonly used passwords; choose another",
+      ],
+    ] as const)(
+      "refuses with %s and writes nothing",
+      async (identifier, [email, username, password], why) => {
+        const users = await count("users");
+        const authId = await openForm(app.client, "register");
+        const message = await expectRpcError(
+          submitForm(app.client, authId, [
+            text(email ?? ""),
+            text(username ?? ""),
+            bytes(password ?? ""),
+          ]),
+          Code.InvalidArgument,
+          identifier,
+        );
+        // Saying what to fix.
+        expect(message).toBe(why);
+        expect(await count("users")).toBe(users);
+        // The flow is still on the form: the user can correct it and retry.
+        const user = newUser();
+        const res = await submitForm(app.client, authId, [
+          text(user.email),
+          text(user.username),
+          bytes(user.password),
+        ]);
+        expect(res.step?.step.case).toBe("session");
+      },
+    );
 
     it("refuses a taken email or username, case-insensitively", async () => {
       const user = newUser();
@@ -523,8 +543,18 @@ describe.each(backends)("auth flow on $name", (backend) => {
 
     it("accepts the raw token and Bearer <token>", async () => {
       const { sessionToken } = await register(app.client, newUser());
-      await app.client.checkLoggedIn({}, { headers: { authorization: sessionToken } });
-      await app.client.checkLoggedIn({}, { headers: { authorization: `Bearer ${sessionToken}` } });
+      for (const authorization of [sessionToken, `Bearer ${sessionToken}`]) {
+        await expect(
+          app.client.checkLoggedIn({}, { headers: { authorization } }),
+          authorization,
+        ).resolves.toBeDefined();
+      }
+      // The token after "Bearer " is the one checked: another is refused.
+      await expectRpcError(
+        app.client.checkLoggedIn({}, { headers: { authorization: `Bearer ${"A".repeat(43)}` } }),
+        Code.Unauthenticated,
+        "h.blank-session",
+      );
     });
 
     it("expires after SESSION_IDLE_TTL unused, and writes last-seen at most hourly", async () => {
@@ -566,9 +596,18 @@ describe.each(backends)("auth flow on $name", (backend) => {
         Code.Unauthenticated,
         "h.blank-session",
       );
+      // The sweep deletes it (with whatever else has expired), and says how many it deleted.
+      const rows = () =>
+        database.db
+          .query("SELECT 1 FROM sessions WHERE token_hash = sha256(convert_to($1, 'UTF8'))", [
+            sessionToken,
+          ])
+          .then((r) => r.rows.length);
+      expect(await rows()).toBe(1);
       const before = await count("sessions");
-      expect(await app.ctx.sessions.sweep()).toBeGreaterThan(0);
-      expect(await count("sessions")).toBeLessThan(before);
+      const swept = await app.ctx.sessions.sweep();
+      expect(await rows()).toBe(0);
+      expect(await count("sessions")).toBe(before - swept);
     });
   });
 });
