@@ -9,6 +9,7 @@ import { createTestApp, type TestApp } from "./helpers/app.js";
 import { backends, postgresBackend, type TestDatabase } from "./helpers/databases.js";
 import { expectRpcError, rpcError } from "./helpers/errors.js";
 import { newUser, register } from "./helpers/flow.js";
+import { watchNotifications } from "./helpers/notifications.js";
 
 const DAY = 86_400_000;
 
@@ -33,10 +34,12 @@ async function collect(app: TestApp, after: bigint, n: number) {
 describe.each(backends)("HomeserverService on $name", (backend) => {
   let database: TestDatabase;
   let app: TestApp;
+  let notices: ReturnType<typeof watchNotifications>;
 
   beforeAll(async () => {
     database = await backend.open();
-    app = await createTestApp(database.db);
+    notices = watchNotifications(database.db);
+    app = await createTestApp(notices.db);
   });
   afterAll(async () => {
     await app?.close();
@@ -133,13 +136,13 @@ describe.each(backends)("HomeserverService on $name", (backend) => {
     it("carries a rename at once, though the session was cached", async () => {
       const { userId, sessionToken } = await register(app.client, newUser());
       await app.homeserver.introspect({ sessionToken });
+      const heard = notices.userChanged(userId);
       await database.db.query("UPDATE users SET username = $2, username_key = $2 WHERE id = $1", [
         userId,
         `renamed${userId}`,
       ]);
-      await expect
-        .poll(async () => (await app.homeserver.introspect({ sessionToken })).username)
-        .toBe(`renamed${userId}`);
+      await heard; // the NOTIFY the cache listens to
+      expect((await app.homeserver.introspect({ sessionToken })).username).toBe(`renamed${userId}`);
     });
   });
 
@@ -284,12 +287,14 @@ describe.skipIf(postgresBackend === undefined)(
     let database: TestDatabase;
     let a: TestApp;
     let b: TestApp;
+    let onB: ReturnType<typeof watchNotifications>;
 
     beforeAll(async () => {
       database = await (postgresBackend as NonNullable<typeof postgresBackend>).open();
-      // Two contexts on one database: separate pools and LISTEN connections, as two processes have.
+      // Two contexts on one database: separate LISTEN connections, as two processes have.
+      onB = watchNotifications(database.db);
       a = await createTestApp(database.db);
-      b = await createTestApp(database.db);
+      b = await createTestApp(onB.db);
     });
     afterAll(async () => {
       await a?.close();
@@ -300,10 +305,14 @@ describe.skipIf(postgresBackend === undefined)(
     it("refuses on B a session deleted on A, though B had it cached", async () => {
       const { sessionToken } = await register(a.client, newUser());
       await b.homeserver.introspect({ sessionToken });
+      const heard = onB.sessionDeleted(sessionToken);
       await database.db.query("DELETE FROM sessions WHERE token_hash = $1", [sha256(sessionToken)]);
-      await expect
-        .poll(() => rpcError(b.homeserver.introspect({ sessionToken })).then((e) => e.identifier))
-        .toBe("h.blank-session");
+      await heard; // B's LISTEN connection got the NOTIFY, and its cache forgot the session
+      await expectRpcError(
+        b.homeserver.introspect({ sessionToken }),
+        Code.Unauthenticated,
+        "h.blank-session",
+      );
     });
 
     it("streams on B, exactly once and in order, 1,000 registrations made concurrently on A and B", async () => {
