@@ -307,16 +307,44 @@ describe("the argon2id gate in a server", () => {
   it("answers ResourceExhausted at once instead of queueing forever", async () => {
     const database = await pglite.open();
     const gates: (() => void)[] = [];
+    let entered: (() => void) | undefined;
+    /** Resolves once a verification is waiting at its gate. */
+    const verifying = () =>
+      new Promise<void>((resolve) => {
+        if (gates.length > 0) resolve();
+        else entered = resolve;
+      });
     // A hasher whose verifications wait until the test lets them go.
     const stuck: PasswordHasher = {
       hash: (p) => fastHasher.hash(p),
-      verify: (phc, p) => new Promise((r) => gates.push(() => r(fastHasher.verify(phc, p)))),
+      verify: (phc, p) =>
+        new Promise((r) => {
+          gates.push(() => r(fastHasher.verify(phc, p)));
+          entered?.();
+          entered = undefined;
+        }),
       needsRehash: () => false,
     };
     const ctx = await createAppContext(
       testConfig({ ARGON2_MAX_IN_FLIGHT: "1", ARGON2_MAX_QUEUED: "1" }),
       { db: database.db, hasher: stuck, logger: pino({ level: "silent" }), background: false },
     );
+    // Told each time a verification reaches the gate, admitted or queued.
+    const gate = ctx.limits.argon2;
+    const run = gate.run;
+    const arrivals: { n: number; resolve: () => void }[] = [];
+    let arrived = 0;
+    (gate as { run: typeof run }).run = (work) => {
+      const ran = run(work); // admits or queues it before returning
+      arrived++;
+      for (const a of arrivals.filter((a) => arrived >= a.n)) a.resolve();
+      return ran;
+    };
+    const reached = (n: number) =>
+      new Promise<void>((resolve) => {
+        if (arrived >= n) resolve();
+        else arrivals.push({ n, resolve });
+      });
     try {
       const login = async () => {
         const id = await ctx.flows.begin();
@@ -336,7 +364,9 @@ describe("the argon2id gate in a server", () => {
           (e: unknown) => e,
         ),
       );
-      await expect.poll(() => gates.length).toBe(1);
+      await reached(2);
+      // One verifying, the other waiting its turn, unhashed.
+      expect([gate.inFlight, gate.queued, gates.length]).toEqual([1, 1, 1]);
       const error = await rpcError(login());
       expect(error).toMatchObject({
         codeName: "ResourceExhausted",
@@ -344,7 +374,8 @@ describe("the argon2id gate in a server", () => {
       });
       // Let the verifications go one at a time: the queued login runs when the first ends.
       gates.shift()?.();
-      await expect.poll(() => gates.length).toBe(1);
+      await verifying();
+      expect([gate.inFlight, gate.queued, gates.length]).toEqual([1, 0, 1]);
       gates.shift()?.();
       for (const result of await Promise.all(held)) {
         expect(result).toMatchObject({ identifier: "h.bad-password\nh.bad-email" });

@@ -195,12 +195,15 @@ describe.each(backends)("one port, every protocol, on $name", (backend) => {
     const own = await serve(database);
     const c = createClient(AuthService, transports.create("connect-json/http1", own.server.url));
     const { authId } = await c.beginAuth({});
-    const seen: string[] = [];
+    let first: () => void = () => {};
+    const arrived = new Promise<void>((resolve) => {
+      first = resolve;
+    });
     const stream = (async () => {
-      for await (const res of c.streamSteps({ authId })) seen.push(res.step?.step.case ?? "");
+      for await (const _ of c.streamSteps({ authId })) first();
     })();
     await c.nextStep({ authId });
-    while (seen.length === 0) await new Promise((r) => setTimeout(r, 10));
+    await arrived; // the stream is open and has had the first step
     const closing = own.server.close();
     await expectRpcError(stream, Code.Unavailable, "hrpc.unavailable");
     await closing;
