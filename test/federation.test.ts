@@ -28,7 +28,7 @@ import { createFakeClock, type FakeClock } from "./helpers/clock.js";
 import { backends, type TestDatabase } from "./helpers/databases.js";
 import { expectRpcError, rpcError } from "./helpers/errors.js";
 import { newUser, register } from "./helpers/flow.js";
-import { freePort, transportFactory } from "./helpers/server.js";
+import { freePort, onFreePort, transportFactory } from "./helpers/server.js";
 
 interface Homeserver {
   readonly id: string;
@@ -47,29 +47,34 @@ async function homeserver(
   env: Record<string, string> = {},
   overrides: { logger?: Logger; resolveHost?: ResolveHost } = {},
 ): Promise<Homeserver> {
-  const port = await freePort();
-  const id = `127.0.0.1:${port}`;
-  const clock = createFakeClock(Date.now());
-  const ctx = await createAppContext(
-    testConfig({
-      PORT: String(port),
-      SERVER_ID: id,
-      FEDERATION_ALLOW_INSECURE: "true",
-      SHUTDOWN_GRACE: "1s",
-      ...env,
-    }),
-    {
-      db: database.db,
-      clock,
-      hasher: fastHasher,
-      logger: overrides.logger ?? pino({ level: "silent" }),
-      background: false,
-      ...(overrides.resolveHost ? { resolveHost: overrides.resolveHost } : {}),
-    },
-  );
-  const server = await startServer(ctx);
-  const client = createClient(AuthService, transports.create("connect-binary/http2", server.url));
-  return { id, ctx, server, clock, client, database };
+  // Its SERVER_ID names its port, so the port is chosen before it listens.
+  return onFreePort(async (port) => {
+    const id = `127.0.0.1:${port}`;
+    const clock = createFakeClock(Date.now());
+    const ctx = await createAppContext(
+      testConfig({
+        PORT: String(port),
+        SERVER_ID: id,
+        FEDERATION_ALLOW_INSECURE: "true",
+        SHUTDOWN_GRACE: "1s",
+        ...env,
+      }),
+      {
+        db: database.db,
+        clock,
+        hasher: fastHasher,
+        logger: overrides.logger ?? pino({ level: "silent" }),
+        background: false,
+        ...(overrides.resolveHost ? { resolveHost: overrides.resolveHost } : {}),
+      },
+    );
+    const server = await startServer(ctx).catch(async (err: unknown) => {
+      await ctx.close();
+      throw err;
+    });
+    const client = createClient(AuthService, transports.create("connect-binary/http2", server.url));
+    return { id, ctx, server, clock, client, database };
+  });
 }
 
 const auth = (token: string) => ({ headers: { authorization: token } });

@@ -30,7 +30,7 @@ import {
 import { pglite, type TestDatabase } from "./helpers/databases.js";
 import { expectRpcError } from "./helpers/errors.js";
 import { bytes, choose, login, newUser, submitForm, text } from "./helpers/flow.js";
-import { freePort, protocols, transportFactory } from "./helpers/server.js";
+import { onFreePort, protocols, transportFactory } from "./helpers/server.js";
 
 /*
  * deploy/Caddyfile, run as it is by a real Caddy in front of an in-process cadenza and a
@@ -208,8 +208,11 @@ describe.skipIf(!version)(`deploy/Caddyfile in front of cadenza (${version ?? sk
       stopObserving();
     }
     chat = await startChatServer();
-    addresses = { cadenza: `127.0.0.1:${server.port}`, chat: chat.address, port: await freePort() };
-    proxy = await startCaddy(addresses);
+    // Caddy is told its port in its environment.
+    proxy = await onFreePort((port) => {
+      addresses = { cadenza: `127.0.0.1:${server.port}`, chat: chat.address, port };
+      return startCaddy(addresses);
+    });
   });
   afterAll(async () => {
     transports.closeAll();
