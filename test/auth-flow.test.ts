@@ -1,5 +1,5 @@
 import { Code } from "@connectrpc/connect";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { SPENT_FLOW_GRACE_MS } from "../src/auth/flows.js";
 import type { AuthStep } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { countingHasher, createTestApp, type TestApp } from "./helpers/app.js";
@@ -27,6 +27,7 @@ describe.each(backends)("auth flow on $name", (backend) => {
     notices = watchNotifications(database.db);
     app = await createTestApp(notices.db);
   });
+  afterEach(() => app.clock.reset());
   afterAll(async () => {
     await app?.close();
     await database?.close();

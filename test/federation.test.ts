@@ -5,7 +5,7 @@ import { type AddressInfo, createServer as createNetServer, type Socket } from "
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type Client, Code, createClient, createRouterTransport } from "@connectrpc/connect";
 import { type Logger, pino } from "pino";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type AppContext, createAppContext } from "../src/app-context.js";
 import { generateKeyPair, sign } from "../src/federation/ed25519.js";
 import { federationErrors } from "../src/federation/federation-errors.js";
@@ -203,6 +203,9 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
     a = await start(await open());
     b = await start(await open());
     alice = await register(a.client, newUser());
+  });
+  afterEach(() => {
+    for (const s of servers) s.clock.reset();
   });
   afterAll(async () => {
     transports.closeAll();

@@ -1,7 +1,7 @@
 import { createPublicKey, verify as nodeVerify } from "node:crypto";
 import { type Timestamp, timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code } from "@connectrpc/connect";
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { sha256 } from "../src/auth/random-ids.js";
 import { unknownCaller } from "../src/caller.js";
 import type { StreamAccountEventsResponse } from "../src/gen/cadenza/homeserver/v1/homeserver_pb.js";
@@ -41,6 +41,7 @@ describe.each(backends)("HomeserverService on $name", (backend) => {
     notices = watchNotifications(database.db);
     app = await createTestApp(notices.db);
   });
+  afterEach(() => app.clock.reset());
   afterAll(async () => {
     await app?.close();
     await database?.close();

@@ -1,5 +1,5 @@
 import { Code } from "@connectrpc/connect";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { StreamAccountEventsResponse } from "../src/gen/cadenza/homeserver/v1/homeserver_pb.js";
 import { createTestApp, type TestApp } from "./helpers/app.js";
 import { backends, postgresBackend, type TestDatabase } from "./helpers/databases.js";
@@ -35,6 +35,7 @@ describe.each(backends)("the account lifecycle on $name", (backend) => {
       env: { SMTP_URL: smtp.url, SERVER_ID: "chat.example.org:2289", EMAIL_CODE_TTL: "5m" },
     });
   });
+  afterEach(() => app.clock.reset());
   afterAll(async () => {
     await app?.close();
     await database?.close();

@@ -1,7 +1,7 @@
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { Code, createClient } from "@connectrpc/connect";
 import { pino } from "pino";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type AppContext, createAppContext } from "../src/app-context.js";
 import type { PasswordHasher } from "../src/auth/password-hasher.js";
 import { ErrorSchema, RetryInfoSchema } from "../src/gen/hrpc/v1/hrpc_pb.js";
@@ -78,6 +78,7 @@ describe.each(backends)("limits on $name", (backend) => {
     database = await backend.open();
     app = await createTestApp(database.db, { env: schedule, hasher: counted.hasher });
   });
+  afterEach(() => app.clock.reset());
   afterAll(async () => {
     await app?.close();
     await database?.close();

@@ -3,7 +3,7 @@ import { AuthServiceClient } from "@harmony-dev/harmony-web-sdk/dist/gen/auth/v1
 import { HrpcTransport } from "@harmony-dev/transport-hrpc";
 import { Secret, TOTP } from "otpauth";
 import { pino } from "pino";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type AppContext, createAppContext } from "../src/app-context.js";
 import { AccountService } from "../src/gen/cadenza/account/v1/account_pb.js";
 import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
@@ -66,6 +66,7 @@ describe.each(backends)("the totp step in generic clients, on $name", (backend) 
     });
     server = await startServer(ctx);
   });
+  afterEach(() => clock.reset());
   afterAll(async () => {
     transports.closeAll();
     await server?.close();
