@@ -1,5 +1,5 @@
 import { Code } from "@connectrpc/connect";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { SPENT_FLOW_GRACE_MS } from "../src/auth/flows.js";
 import type { AuthStep } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { countingHasher, createTestApp, type TestApp } from "./helpers/app.js";
@@ -15,15 +15,19 @@ import {
   submitForm,
   text,
 } from "./helpers/flow.js";
+import { watchNotifications } from "./helpers/notifications.js";
 
 describe.each(backends)("auth flow on $name", (backend) => {
   let database: TestDatabase;
   let app: TestApp;
+  let notices: ReturnType<typeof watchNotifications>;
 
   beforeAll(async () => {
     database = await backend.open();
-    app = await createTestApp(database.db);
+    notices = watchNotifications(database.db);
+    app = await createTestApp(notices.db);
   });
+  afterEach(() => app.clock.reset());
   afterAll(async () => {
     await app?.close();
     await database?.close();
@@ -238,33 +242,53 @@ describe.each(backends)("auth flow on $name", (backend) => {
     });
 
     it.each([
-      ["h.invalid-email", ["not-an-email", "gooduser", "correct horse battery"]],
-      ["h.invalid-username", ["ok@example.org", "x", "correct horse battery"]],
-      ["h.invalid-password", ["ok@example.org", "gooduser", "short"]],
-      ["h.invalid-password", ["ok@example.org", "gooduser", "password1"]],
-    ])("refuses with %s and writes nothing", async (identifier, [email, username, password]) => {
-      const users = await count("users");
-      const authId = await openForm(app.client, "register");
-      const message = await expectRpcError(
-        submitForm(app.client, authId, [
-          text(email ?? ""),
-          text(username ?? ""),
-          bytes(password ?? ""),
-        ]),
-        Code.InvalidArgument,
-        identifier,
-      );
-      expect(message.length).toBeGreaterThan(10);
-      expect(await count("users")).toBe(users);
-      // The flow is still on the form: the user can correct it and retry.
-      const user = newUser();
-      const res = await submitForm(app.client, authId, [
-        text(user.email),
-        text(user.username),
-        bytes(user.password),
-      ]);
-      expect(res.step?.step.case).toBe("session");
-    });
+      [
+        "h.invalid-email",
+        ["not-an-email", "gooduser", "correct horse battery"],
+        "invalid email: expected an address such as name@example.org",
+      ],
+      [
+        "h.invalid-username",
+        ["ok@example.org", "x", "correct horse battery"],
+        "invalid username: it must be 2 to 32 characters long",
+      ],
+      [
+        "h.invalid-password",
+        ["ok@example.org", "gooduser", "short"],
+        "invalid password: it must be at least 8 characters long",
+      ],
+      [
+        "h.invalid-password",
+        ["ok@example.org", "gooduser", "password1"],
+        "invalid password: it is one of the most commonly used passwords; choose another",
+      ],
+    ] as const)(
+      "refuses with %s and writes nothing",
+      async (identifier, [email, username, password], why) => {
+        const users = await count("users");
+        const authId = await openForm(app.client, "register");
+        const message = await expectRpcError(
+          submitForm(app.client, authId, [
+            text(email ?? ""),
+            text(username ?? ""),
+            bytes(password ?? ""),
+          ]),
+          Code.InvalidArgument,
+          identifier,
+        );
+        // Saying what to fix.
+        expect(message).toBe(why);
+        expect(await count("users")).toBe(users);
+        // The flow is still on the form: the user can correct it and retry.
+        const user = newUser();
+        const res = await submitForm(app.client, authId, [
+          text(user.email),
+          text(user.username),
+          bytes(user.password),
+        ]);
+        expect(res.step?.step.case).toBe("session");
+      },
+    );
 
     it("refuses a taken email or username, case-insensitively", async () => {
       const user = newUser();
@@ -396,17 +420,53 @@ describe.each(backends)("auth flow on $name", (backend) => {
     const titles = (steps: AuthStep[]) =>
       steps.map((s) => (s.step.case === "session" ? "session" : (s.step.value?.title ?? "?")));
 
+    /**
+     * A StreamSteps call whose steps are kept as they arrive: `received(n)`
+     * resolves with the first `n` once they have, so a test knows what a
+     * stream had been sent before it makes the next step.
+     */
+    const watch = (authId: string) => {
+      const steps: AuthStep[] = [];
+      const waiting: { n: number; resolve: () => void }[] = [];
+      const done = (async () => {
+        for await (const res of app.client.streamSteps({ authId })) {
+          if (!res.step) continue;
+          steps.push(res.step);
+          for (const w of waiting.filter((w) => steps.length >= w.n)) w.resolve();
+        }
+        return steps;
+      })();
+      return {
+        done,
+        received: (n: number) =>
+          new Promise<AuthStep[]>((resolve, reject) => {
+            const settle = () => resolve(steps.slice(0, n));
+            if (steps.length >= n) return settle();
+            waiting.push({ n, resolve: settle });
+            done.then(
+              () => reject(new Error(`the stream ended after ${steps.length} of ${n} steps`)),
+              reject,
+            );
+          }),
+      };
+    };
+
     it("pushes every step to every stream, the queued ones first, and ends after the session", async () => {
       const { client } = app;
       const user = newUser();
       const { authId } = await client.beginAuth({});
-      await client.nextStep({ authId }); // produced before any stream attaches: queued
-      const early = collect(authId);
-      await new Promise((r) => setTimeout(r, 50));
-      await choose(client, authId, "login");
+      await client.nextStep({ authId }); // made before any stream attaches: queued in the log
+      const early = watch(authId);
+      // The queued step is the first the stream is sent, before any other exists.
+      expect(titles(await early.received(1))).toEqual(["initial"]);
+      await choose(client, authId, "login"); // pushed to the attached stream
       await client.stepBack({ authId });
-      const late = collect(authId);
-      await choose(client, authId, "register");
+      expect(titles(await early.received(3))).toEqual(["initial", "login", "initial"]);
+      // A stream attaching now is sent the three made so far, in order, and only them.
+      const late = watch(authId);
+      expect(titles(await late.received(3))).toEqual(["initial", "login", "initial"]);
+      await choose(client, authId, "register"); // pushed to both
+      expect(titles(await late.received(4))).toEqual(["initial", "login", "initial", "register"]);
       await expectRpcError(
         submitForm(client, authId, [text("bad")]),
         Code.InvalidArgument,
@@ -417,11 +477,11 @@ describe.each(backends)("auth flow on $name", (backend) => {
         text(user.username),
         bytes(user.password),
       ]);
+      // Each stream ends after the session, having had every step exactly once.
       const expected = ["initial", "login", "initial", "register", "session"];
-      expect(titles(await early)).toEqual(expected);
-      expect(titles(await late)).toEqual(expected);
-      const streamed = (await collect(authId)).at(-1);
-      expect(streamed?.step).toEqual(final.step?.step);
+      expect(titles(await early.done)).toEqual(expected);
+      expect(titles(await late.done)).toEqual(expected);
+      expect((await early.done).at(-1)?.step).toEqual(final.step?.step);
     });
 
     it("refuses an unknown auth_id", async () => {
@@ -465,19 +525,13 @@ describe.each(backends)("auth flow on $name", (backend) => {
       const { sessionToken } = await register(app.client, newUser());
       const auth = { headers: { authorization: sessionToken } };
       await app.client.checkLoggedIn({}, auth); // now in the cache of validated sessions
+      const heard = notices.sessionDeleted(sessionToken);
       await database.db.query(
         "DELETE FROM sessions WHERE token_hash = sha256(convert_to($1, 'UTF8'))",
         [sessionToken],
       );
-      // The deletion is announced through NOTIFY; give it a moment to arrive.
-      for (let i = 0; i < 50; i++) {
-        const refused = await app.client.checkLoggedIn({}, auth).then(
-          () => false,
-          () => true,
-        );
-        if (refused) break;
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      // The deletion is announced through NOTIFY, which the cache listens to.
+      await heard;
       await expectRpcError(
         app.client.checkLoggedIn({}, auth),
         Code.Unauthenticated,
@@ -487,8 +541,18 @@ describe.each(backends)("auth flow on $name", (backend) => {
 
     it("accepts the raw token and Bearer <token>", async () => {
       const { sessionToken } = await register(app.client, newUser());
-      await app.client.checkLoggedIn({}, { headers: { authorization: sessionToken } });
-      await app.client.checkLoggedIn({}, { headers: { authorization: `Bearer ${sessionToken}` } });
+      for (const authorization of [sessionToken, `Bearer ${sessionToken}`]) {
+        await expect(
+          app.client.checkLoggedIn({}, { headers: { authorization } }),
+          authorization,
+        ).resolves.toBeDefined();
+      }
+      // The token after "Bearer " is the one checked: another is refused.
+      await expectRpcError(
+        app.client.checkLoggedIn({}, { headers: { authorization: `Bearer ${"A".repeat(43)}` } }),
+        Code.Unauthenticated,
+        "h.blank-session",
+      );
     });
 
     it("expires after SESSION_IDLE_TTL unused, and writes last-seen at most hourly", async () => {
@@ -530,9 +594,18 @@ describe.each(backends)("auth flow on $name", (backend) => {
         Code.Unauthenticated,
         "h.blank-session",
       );
+      // The sweep deletes it (with whatever else has expired), and says how many it deleted.
+      const rows = () =>
+        database.db
+          .query("SELECT 1 FROM sessions WHERE token_hash = sha256(convert_to($1, 'UTF8'))", [
+            sessionToken,
+          ])
+          .then((r) => r.rows.length);
+      expect(await rows()).toBe(1);
       const before = await count("sessions");
-      expect(await app.ctx.sessions.sweep()).toBeGreaterThan(0);
-      expect(await count("sessions")).toBeLessThan(before);
+      const swept = await app.ctx.sessions.sweep();
+      expect(await rows()).toBe(0);
+      expect(await count("sessions")).toBe(before - swept);
     });
   });
 });

@@ -2,7 +2,7 @@ import type { AddressInfo } from "node:net";
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { pino } from "pino";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type Cadenza, connectToCadenza } from "../examples/chat-server/cadenza-client.js";
 import { createChatServer } from "../examples/chat-server/server.js";
 import {
@@ -122,6 +122,7 @@ describe.each(backends)("the chat-server example against cadenza on $name", (bac
     await new Promise<void>((resolve) => chat.listen(0, "127.0.0.1", resolve));
     chatUrl = `http://127.0.0.1:${(chat.address() as AddressInfo).port}`;
   });
+  afterEach(() => clock.reset());
   afterAll(async () => {
     chat?.closeAllConnections();
     await new Promise((resolve) => chat?.close(resolve));

@@ -2,11 +2,11 @@ import { Code, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { runCli } from "../src/admin-cli.js";
 import { type AppContext, createAppContext } from "../src/app-context.js";
 import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { type RunningServer, startServer } from "../src/server/listener.js";
 import { fastHasher, testConfig } from "./helpers/app.js";
+import { cliInProcess } from "./helpers/cli.js";
 import { backends, type TestDatabase } from "./helpers/databases.js";
 import { expectRpcError } from "./helpers/errors.js";
 import { login, newUser, register, type TestUser } from "./helpers/flow.js";
@@ -28,20 +28,8 @@ describe.each(backends)("the CLI against a running server on $name", (backend) =
     createClient(AuthService, createConnectTransport({ baseUrl: server.url, httpVersion: "1.1" }));
 
   /** Runs a command as an operator would, with the server's INTERNAL_TOKEN. */
-  async function cli(args: readonly string[], env: Record<string, string> = {}) {
-    let stdout = "";
-    let stderr = "";
-    const code = await runCli([...args, "--server", server.internalUrl], {
-      env: { INTERNAL_TOKEN: TOKEN, LOG_LEVEL: "silent", ...env },
-      stdout: (t) => {
-        stdout += t;
-      },
-      stderr: (t) => {
-        stderr += t;
-      },
-    });
-    return { code, stdout, stderr };
-  }
+  const cli = (args: readonly string[], env: Record<string, string> = {}) =>
+    cliInProcess([...args, "--server", server.internalUrl], { INTERNAL_TOKEN: TOKEN, ...env });
   /** Runs a command with --json; it must succeed. */
   async function json(args: readonly string[]): Promise<unknown> {
     const r = await cli([...args, "--json"]);
@@ -214,17 +202,10 @@ describe.each(backends)("the CLI against a running server on $name", (backend) =
     expect(wrong.code).toBe(1);
     expect(wrong.stderr).toMatch(/\ncadenza: h\.bad-internal-token: .*INTERNAL_TOKEN/);
 
-    let stderr = "";
-    const none = await runCli(["key", "show", "--server", "http://127.0.0.1:9"], {
-      env: { LOG_LEVEL: "silent" },
-      stdout: () => {},
-      stderr: (t) => {
-        stderr += t;
-      },
-    });
-    expect(none).toBe(1);
-    expect(stderr).toContain("cannot reach the admin API");
-    expect(stderr).toContain("INTERNAL_HOST and INTERNAL_PORT");
+    const none = await cliInProcess(["key", "show", "--server", "http://127.0.0.1:9"]);
+    expect(none.code).toBe(1);
+    expect(none.stderr).toContain("cannot reach the admin API");
+    expect(none.stderr).toContain("INTERNAL_HOST and INTERNAL_PORT");
 
     const usage = await cli(["users", "frobnicate"]);
     expect(usage.code).toBe(2);

@@ -227,7 +227,7 @@ describe.skipIf(backend === undefined)("Postgres failing behind a proxy, in proc
   });
 });
 
-/** How long starting `src/main.ts` through tsx may take on these machines. */
+/** How long starting `src/main.ts` as a process may take on these machines. */
 const PROCESS_START_MS = 15_000;
 
 describe.skipIf(backend === undefined)("cadenza processes on Postgres", () => {

@@ -5,7 +5,7 @@ import { type AddressInfo, createServer as createNetServer, type Socket } from "
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type Client, Code, createClient, createRouterTransport } from "@connectrpc/connect";
 import { type Logger, pino } from "pino";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type AppContext, createAppContext } from "../src/app-context.js";
 import { generateKeyPair, sign } from "../src/federation/ed25519.js";
 import { federationErrors } from "../src/federation/federation-errors.js";
@@ -28,7 +28,7 @@ import { createFakeClock, type FakeClock } from "./helpers/clock.js";
 import { backends, type TestDatabase } from "./helpers/databases.js";
 import { expectRpcError, rpcError } from "./helpers/errors.js";
 import { newUser, register } from "./helpers/flow.js";
-import { freePort, transportFactory } from "./helpers/server.js";
+import { freePort, onFreePort, transportFactory } from "./helpers/server.js";
 
 interface Homeserver {
   readonly id: string;
@@ -47,29 +47,34 @@ async function homeserver(
   env: Record<string, string> = {},
   overrides: { logger?: Logger; resolveHost?: ResolveHost } = {},
 ): Promise<Homeserver> {
-  const port = await freePort();
-  const id = `127.0.0.1:${port}`;
-  const clock = createFakeClock(Date.now());
-  const ctx = await createAppContext(
-    testConfig({
-      PORT: String(port),
-      SERVER_ID: id,
-      FEDERATION_ALLOW_INSECURE: "true",
-      SHUTDOWN_GRACE: "1s",
-      ...env,
-    }),
-    {
-      db: database.db,
-      clock,
-      hasher: fastHasher,
-      logger: overrides.logger ?? pino({ level: "silent" }),
-      background: false,
-      ...(overrides.resolveHost ? { resolveHost: overrides.resolveHost } : {}),
-    },
-  );
-  const server = await startServer(ctx);
-  const client = createClient(AuthService, transports.create("connect-binary/http2", server.url));
-  return { id, ctx, server, clock, client, database };
+  // Its SERVER_ID names its port, so the port is chosen before it listens.
+  return onFreePort(async (port) => {
+    const id = `127.0.0.1:${port}`;
+    const clock = createFakeClock(Date.now());
+    const ctx = await createAppContext(
+      testConfig({
+        PORT: String(port),
+        SERVER_ID: id,
+        FEDERATION_ALLOW_INSECURE: "true",
+        SHUTDOWN_GRACE: "1s",
+        ...env,
+      }),
+      {
+        db: database.db,
+        clock,
+        hasher: fastHasher,
+        logger: overrides.logger ?? pino({ level: "silent" }),
+        background: false,
+        ...(overrides.resolveHost ? { resolveHost: overrides.resolveHost } : {}),
+      },
+    );
+    const server = await startServer(ctx).catch(async (err: unknown) => {
+      await ctx.close();
+      throw err;
+    });
+    const client = createClient(AuthService, transports.create("connect-binary/http2", server.url));
+    return { id, ctx, server, clock, client, database };
+  });
 }
 
 const auth = (token: string) => ({ headers: { authorization: token } });
@@ -107,6 +112,10 @@ async function silentPort() {
   const { port } = server.address() as AddressInfo;
   return Object.assign(counted, {
     port,
+    /** Drops the connections open now, as a server that gives up would. */
+    hangUp: () => {
+      for (const socket of sockets) socket.destroy();
+    },
     close: async () => {
       for (const socket of sockets) socket.destroy();
       await new Promise((resolve) => server.close(resolve));
@@ -158,6 +167,16 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
     databases.push(db);
     return db;
   };
+  let spare: TestDatabase | undefined;
+  /**
+   * One database for every homeserver besides A and B: each has its own
+   * context, settings and clock, and needs no keys or users apart from the
+   * others' (they share a signing key, which none of them shares with A or B).
+   */
+  const shared = async () => {
+    spare ??= await open();
+    return spare;
+  };
   const start = async (
     database: TestDatabase,
     env: Record<string, string> = {},
@@ -184,6 +203,9 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
     a = await start(await open());
     b = await start(await open());
     alice = await register(a.client, newUser());
+  });
+  afterEach(() => {
+    for (const s of servers) s.clock.reset();
   });
   afterAll(async () => {
     transports.closeAll();
@@ -383,7 +405,7 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
   });
 
   it("keeps users of two homeservers with the same numeric ID apart", async () => {
-    const c = await start(await open());
+    const c = await start(await shared());
     const data = (username: string) =>
       toBinary(
         HarmonyTokenDataSchema,
@@ -421,7 +443,7 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
   });
 
   it("answers Unavailable when the homeserver cannot be reached", async () => {
-    const d = await start(await open());
+    const d = await start(await shared());
     const data = toBinary(
       HarmonyTokenDataSchema,
       create(HarmonyTokenDataSchema, { userId: 9n, serverId: b.id, username: "gone" }),
@@ -462,14 +484,14 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
     let secure: Homeserver | undefined;
     const secureLog = capturedLogger();
     const startSecure = async () =>
-      start(await open(), { FEDERATION_ALLOW_INSECURE: "false" }, { logger: secureLog.logger });
+      start(await shared(), { FEDERATION_ALLOW_INSECURE: "false" }, { logger: secureLog.logger });
 
     it.each([
       [{ FEDERATION: "off" }, Code.PermissionDenied, "h.federation-disabled"],
       [{ FEDERATION_DENY: "chat.example.org:2289" }, Code.PermissionDenied, "h.host-not-allowed"],
       [{ FEDERATION_ALLOW: "other.example.org:443" }, Code.PermissionDenied, "h.host-not-allowed"],
     ])("with %j refuses Federate and LoginFederated", async (env, code, identifier) => {
-      const s = await start(await open(), env);
+      const s = await start(await shared(), env);
       const user = await register(s.client, newUser());
       await expectRpcError(
         s.client.federate({ serverId: "chat.example.org:2289" }, auth(user.sessionToken)),
@@ -541,7 +563,7 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
       silent = await silentPort();
       http = await fakeHttp();
       e = await start(
-        await open(),
+        await shared(),
         { FEDERATION_TIMEOUT: "1s", FEDERATION_MAX_FETCHES: "1" },
         { logger: log.logger, resolveHost },
       );
@@ -617,6 +639,8 @@ describe.each(backends)("federation between two homeservers on $name", (backend)
       expect(await rpcError(loginOnE(`other.loopback.test:${http.port}`))).toEqual(unavailable);
       expect(http.requests).toBe(0);
       expect(settled).toBe(false);
+      // Rather than wait out FEDERATION_TIMEOUT: the first fails as any other.
+      silent.hangUp();
       expect(await first).toEqual(unavailable);
       expect(log.warnings(`other.loopback.test:${http.port}`)).toMatchObject([
         { msg: expect.stringContaining("FEDERATION_MAX_FETCHES") },

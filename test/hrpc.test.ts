@@ -79,7 +79,10 @@ describe.each(cases)(
             }
           }
         })();
-        await new Promise((r) => setTimeout(r, 50)); // Tempest opens the stream first
+        // Tempest opens the stream, then asks for the first step without waiting
+        // for it to attach, nor need it: a stream is sent the steps made before
+        // it attached, and each later one is made only after the stream showed
+        // the one before.
         await client.nextStep({ authId, step: { oneofKind: undefined } });
         await streamed;
         const last = shown.at(-1)?.step;

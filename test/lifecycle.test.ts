@@ -1,5 +1,5 @@
 import { Code } from "@connectrpc/connect";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { StreamAccountEventsResponse } from "../src/gen/cadenza/homeserver/v1/homeserver_pb.js";
 import { createTestApp, type TestApp } from "./helpers/app.js";
 import { backends, postgresBackend, type TestDatabase } from "./helpers/databases.js";
@@ -15,6 +15,7 @@ import {
   type TestUser,
   text,
 } from "./helpers/flow.js";
+import { watchNotifications } from "./helpers/notifications.js";
 import { startSmtpServer } from "./helpers/smtp.js";
 
 const auth = (token: string) => ({ headers: { authorization: token } });
@@ -34,6 +35,7 @@ describe.each(backends)("the account lifecycle on $name", (backend) => {
       env: { SMTP_URL: smtp.url, SERVER_ID: "chat.example.org:2289", EMAIL_CODE_TTL: "5m" },
     });
   });
+  afterEach(() => app.clock.reset());
   afterAll(async () => {
     await app?.close();
     await database?.close();
@@ -490,8 +492,9 @@ describe.skipIf(postgresBackend === undefined)("a reset seen by another replica"
   it("ends the account's sessions on the replica that cached them", async () => {
     const smtp = await startSmtpServer();
     const database = await (postgresBackend as NonNullable<typeof postgresBackend>).open();
+    const onB = watchNotifications(database.db);
     const a = await createTestApp(database.db, { env: { SMTP_URL: smtp.url } });
-    const b = await createTestApp(database.db, { env: { SMTP_URL: smtp.url } });
+    const b = await createTestApp(onB.db, { env: { SMTP_URL: smtp.url } });
     try {
       const user = newUser();
       const { sessionToken } = await register(a.client, user);
@@ -502,12 +505,12 @@ describe.skipIf(postgresBackend === undefined)("a reset seen by another replica"
       await choose(a.client, authId, "reset-password");
       await submitForm(a.client, authId, [text(user.email)]);
       const { code } = await smtp.next(user.email);
+      const heard = onB.sessionDeleted(sessionToken);
       await submitForm(a.client, authId, [bytes(code ?? ""), bytes("reset on replica A")]);
-      await expect
-        .poll(() =>
-          rpcError(b.client.checkLoggedIn({}, auth(sessionToken))).then((e) => e.identifier),
-        )
-        .toBe("h.blank-session");
+      await heard; // B heard the deletion through NOTIFY
+      expect(await rpcError(b.client.checkLoggedIn({}, auth(sessionToken)))).toMatchObject({
+        identifier: "h.blank-session",
+      });
     } finally {
       await a.close();
       await b.close();

@@ -7,10 +7,10 @@ import { PasskeyService } from "../src/gen/cadenza/passkey/v1/passkey_pb.js";
 import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { type RunningServer, startServer } from "../src/server/listener.js";
 import { fastHasher, testConfig } from "./helpers/app.js";
+import { cliInProcess } from "./helpers/cli.js";
 import { backends, type TestDatabase } from "./helpers/databases.js";
 import { choose, newUser, register, submitForm, type TestUser } from "./helpers/flow.js";
 import { type Answer, connectClient, type Shown, sdkClient } from "./helpers/generic-clients.js";
-import { runCli } from "./helpers/process.js";
 import { transportFactory } from "./helpers/server.js";
 import { createSoftAuthenticator } from "./helpers/soft-authenticator.js";
 
@@ -130,7 +130,7 @@ describe.each(backends)("passkeys beside generic clients, on $name", (backend) =
   });
 
   it("the CLI lists a user's passkeys and removes them", async () => {
-    const cli = (...args: string[]) => runCli([...args, "--server", server.internalUrl], {});
+    const cli = (...args: string[]) => cliInProcess([...args, "--server", server.internalUrl], {});
     const shown = await cli("users", "show", user.username);
     expect(shown.stdout).toMatch(/passkeys {4}1/);
     const listed = await cli("passkeys", "list", user.username);

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { Code, createClient, createRouterTransport } from "@connectrpc/connect";
 import { pino } from "pino";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type FlowPolicy, initialStateFor, viewOf } from "../src/auth/flow-machine.js";
 import { loadConfig } from "../src/config.js";
 import type { StreamAccountEventsResponse } from "../src/gen/cadenza/homeserver/v1/homeserver_pb.js";
@@ -62,6 +62,7 @@ describe.each(backends)("passkeys on $name", (backend) => {
       createRouterTransport(routes.routes, { router: { interceptors: routes.interceptors } }),
     );
   });
+  afterEach(() => app.clock.reset());
   afterAll(async () => {
     await app?.close();
     await database?.close();

@@ -8,7 +8,7 @@ import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { postgresBackend, type TestDatabase } from "./helpers/databases.js";
 import { bytes, choose, newUser, submitForm, text } from "./helpers/flow.js";
 import { runCli, type ServerProcess, startServerProcess } from "./helpers/process.js";
-import { freePort, transportFactory } from "./helpers/server.js";
+import { onFreePort, transportFactory } from "./helpers/server.js";
 
 const transports = transportFactory();
 const running: ServerProcess[] = [];
@@ -115,21 +115,24 @@ describe.skipIf(postgresBackend === undefined)("two homeservers as processes", (
     const backend = postgresBackend as NonNullable<typeof postgresBackend>;
     const [dbA, dbB] = await Promise.all([backend.open(), backend.open()]);
     databases.push(dbA, dbB);
-    const [portA, portB] = [await freePort(), await freePort()];
-    const envA = {
-      DATABASE_URL: dbA.url ?? "",
-      PORT: String(portA),
-      SERVER_ID: `127.0.0.1:${portA}`,
-      FEDERATION_ALLOW_INSECURE: "true",
-      KEY_ENCRYPTION_KEY: Buffer.alloc(32, 7).toString("base64"),
-    };
-    const envB = {
-      DATABASE_URL: dbB.url ?? "",
-      PORT: String(portB),
-      SERVER_ID: `127.0.0.1:${portB}`,
-      FEDERATION_ALLOW_INSECURE: "true",
-    };
-    const [a, b] = await Promise.all([start(envA), start(envB)]);
+    // Each SERVER_ID names its port, so the port is chosen before the process listens.
+    const homeserver = (env: Record<string, string>) =>
+      onFreePort(async (port) => {
+        const full: Record<string, string> = {
+          ...env,
+          PORT: String(port),
+          SERVER_ID: `127.0.0.1:${port}`,
+          FEDERATION_ALLOW_INSECURE: "true",
+        };
+        return { env: full, process: await start(full) };
+      });
+    const [{ env: envA, process: a }, { env: envB, process: b }] = await Promise.all([
+      homeserver({
+        DATABASE_URL: dbA.url ?? "",
+        KEY_ENCRYPTION_KEY: Buffer.alloc(32, 7).toString("base64"),
+      }),
+      homeserver({ DATABASE_URL: dbB.url ?? "" }),
+    ]);
     const onA = clientFor(a);
     const onB = clientFor(b, "grpc/http2");
     const user = newUser();
@@ -143,12 +146,12 @@ describe.skipIf(postgresBackend === undefined)("two homeservers as processes", (
     ]);
     const token = done.step?.step.case === "session" ? done.step.step.value.sessionToken : "";
     const { token: federated } = await onA.federate(
-      { serverId: envB.SERVER_ID },
+      { serverId: envB.SERVER_ID ?? "" },
       { headers: { authorization: token } },
     );
     const { session } = await onB.loginFederated({
       authToken: federated,
-      serverId: envA.SERVER_ID,
+      serverId: envA.SERVER_ID ?? "",
     });
     await onB.checkLoggedIn({}, { headers: { authorization: session?.sessionToken ?? "" } });
 
@@ -161,8 +164,8 @@ describe.skipIf(postgresBackend === undefined)("two homeservers as processes", (
     // The CLI rotates through A's admin API (its internal port): A serves the new key at once.
     const before = (await onA.key({})).key;
     const rotated = await runCli(["key", "rotate", "--server", a.internalUrl], {
-      DATABASE_URL: envA.DATABASE_URL,
-      KEY_ENCRYPTION_KEY: envA.KEY_ENCRYPTION_KEY,
+      DATABASE_URL: envA.DATABASE_URL ?? "",
+      KEY_ENCRYPTION_KEY: envA.KEY_ENCRYPTION_KEY ?? "",
     });
     expect(rotated.code).toBe(0);
     expect(rotated.stderr).toContain(`cadenza admin API at ${a.internalUrl}`);

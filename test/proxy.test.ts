@@ -30,7 +30,7 @@ import {
 import { pglite, type TestDatabase } from "./helpers/databases.js";
 import { expectRpcError } from "./helpers/errors.js";
 import { bytes, choose, login, newUser, submitForm, text } from "./helpers/flow.js";
-import { freePort, protocols, transportFactory } from "./helpers/server.js";
+import { onFreePort, protocols, transportFactory } from "./helpers/server.js";
 
 /*
  * deploy/Caddyfile, run as it is by a real Caddy in front of an in-process cadenza and a
@@ -208,8 +208,11 @@ describe.skipIf(!version)(`deploy/Caddyfile in front of cadenza (${version ?? sk
       stopObserving();
     }
     chat = await startChatServer();
-    addresses = { cadenza: `127.0.0.1:${server.port}`, chat: chat.address, port: await freePort() };
-    proxy = await startCaddy(addresses);
+    // Caddy is told its port in its environment.
+    proxy = await onFreePort((port) => {
+      addresses = { cadenza: `127.0.0.1:${server.port}`, chat: chat.address, port };
+      return startCaddy(addresses);
+    });
   });
   afterAll(async () => {
     transports.closeAll();
@@ -301,7 +304,6 @@ describe.skipIf(!version)(`deploy/Caddyfile in front of cadenza (${version ?? sk
 
   /** Every request cadenza was sent came through the proxy, with the client's address. */
   function expectForwarded(requests: Seen[], httpVersion: string) {
-    expect(requests.length).toBeGreaterThan(0);
     for (const r of requests) {
       expect(r).toMatchObject({
         httpVersion,
@@ -349,13 +351,15 @@ describe.skipIf(!version)(`deploy/Caddyfile in front of cadenza (${version ?? sk
 
       // gRPC reaches cadenza as h2c; everything else as HTTP/1.1.
       expectForwarded(seenBy.cadenza, protocol === "grpc/http2" ? "2.0" : "1.1");
-      expect(seenBy.cadenza.map((r) => r.path)).toEqual(
-        expect.arrayContaining([
-          method("BeginAuth"),
-          method("StreamSteps"),
-          method("NextStep"),
-          method("CheckLoggedIn"),
-        ]),
+      // Exactly the calls made, in whatever order the stream's and the others' arrived.
+      expect(seenBy.cadenza.map((r) => r.path).sort()).toEqual(
+        [
+          ...["BeginAuth", "StreamSteps", "NextStep", "NextStep", "NextStep"], // registering
+          ...["CheckLoggedIn", "CheckLoggedIn"],
+          ...["BeginAuth", "NextStep", "NextStep", "NextStep"], // logging in
+        ]
+          .map(method)
+          .sort(),
       );
       expect(seenBy.chat).toEqual([]);
     });
@@ -422,6 +426,15 @@ describe.skipIf(!version)(`deploy/Caddyfile in front of cadenza (${version ?? sk
       });
 
       expectForwarded(seenBy.cadenza, "1.1");
+      expect(seenBy.cadenza.map((r) => r.path).sort()).toEqual(
+        [
+          ...["BeginAuth", "StreamSteps", "NextStep", "NextStep", "NextStep"], // registering
+          ...["CheckLoggedIn", "CheckLoggedIn"],
+          ...["BeginAuth", "NextStep", "NextStep", "NextStep"], // logging in
+        ]
+          .map(method)
+          .sort(),
+      );
       expect(seenBy.cadenza.filter((r) => r.upgrade).map((r) => r.path)).toEqual([
         method("StreamSteps"),
       ]);
@@ -521,7 +534,8 @@ describe.skipIf(!version)(`deploy/Caddyfile in front of cadenza (${version ?? sk
       apps: { http: { servers: Record<string, Record<string, unknown>> } };
     };
     const servers = Object.values(config.apps.http.servers);
-    expect(servers.length).toBeGreaterThan(0);
+    // One site, SITE_ADDRESS.
+    expect(servers).toHaveLength(1);
     const proxies: Record<string, unknown>[] = [];
     const walk = (value: unknown): void => {
       if (Array.isArray(value)) value.forEach(walk);

@@ -113,6 +113,7 @@ describe.each(backends)("fetching a homeserver's key over hRPC on $name", (backe
     await database.close();
   });
   beforeEach(async () => {
+    clock.reset();
     await database.db.query("DELETE FROM remote_server_keys");
     home.requests = 0;
     log = capturedLogger();

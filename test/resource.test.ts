@@ -1,7 +1,10 @@
 import { spawn } from "node:child_process";
 import { once } from "node:events";
+import { mkdtempSync, rmSync } from "node:fs";
 import { type ClientHttp2Session, connect as connectHttp2, constants as h2 } from "node:http2";
 import { connect, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { performance } from "node:perf_hooks";
 import { createInterface } from "node:readline";
 import { connect as connectTls } from "node:tls";
@@ -17,7 +20,7 @@ import { addressKey, clientAddress, openFileLimit } from "../src/server/connecti
 import { authorityProblem } from "../src/server/host-header.js";
 import { type RunningServer, type ServerOptions, startServer } from "../src/server/listener.js";
 import { fastHasher, testConfig } from "./helpers/app.js";
-import { pglite, type TestDatabase } from "./helpers/databases.js";
+import { migratedDataDir, pglite, type TestDatabase } from "./helpers/databases.js";
 import { newUser } from "./helpers/flow.js";
 import {
   errorCodes,
@@ -30,6 +33,7 @@ import {
   rawH2,
   rstStreamFrame,
 } from "./helpers/h2-frames.js";
+import { entryPoint } from "./helpers/process.js";
 import { selfSignedCertificate, stepStreamPaths, transportFactory } from "./helpers/server.js";
 
 /**
@@ -136,7 +140,8 @@ const DEADLINE_MS = 500;
 const IDLE_MS = 300;
 const REQUEST_MS = 1_000;
 
-describe("stalled connections are closed on time", () => {
+// Concurrently: each test waits on its own connection's timer, and the waits add up.
+describe.concurrent("stalled connections are closed on time", () => {
   let port: number;
   let url: string;
   beforeAll(async () => {
@@ -273,7 +278,7 @@ describe("stalled connections are closed on time", () => {
   });
 });
 
-describe("TLS handshakes are bounded too", () => {
+describe.concurrent("TLS handshakes are bounded too", () => {
   const tls = selfSignedCertificate();
   let port: number;
   beforeAll(async () => {
@@ -942,26 +947,25 @@ describe("what the limits count and check", () => {
 });
 
 describe("the issue's measurement: a server with 1,024 open files and 1,100 silent sockets", () => {
+  const dataDir = mkdtempSync(join(tmpdir(), "cadenza-resource-"));
+  afterAll(() => rmSync(dataDir, { recursive: true, force: true }));
+
   it("serves every normal request, and closes the silent sockets at REQUEST_DEADLINE", async () => {
     const DEADLINE = 2_000;
     // Lowering ulimit -n for the child only, as the issue measured it.
-    const child = spawn(
-      "sh",
-      ["-c", `ulimit -n 1024 && exec "${process.execPath}" --import tsx src/main.ts`],
-      {
-        cwd: fileURLToPath(new URL("../", import.meta.url)),
-        env: {
-          ...process.env,
-          HOST: "127.0.0.1",
-          PORT: "0",
-          INTERNAL_PORT: "0",
-          DATA_DIR: "memory://",
-          LOG_LEVEL: "info",
-          REQUEST_DEADLINE: `${DEADLINE}ms`,
-        },
-        stdio: ["ignore", "pipe", "inherit"],
+    const child = spawn("sh", ["-c", `ulimit -n 1024 && exec "$0" "$1"`, ...entryPoint("main")], {
+      cwd: fileURLToPath(new URL("../", import.meta.url)),
+      env: {
+        ...process.env,
+        HOST: "127.0.0.1",
+        PORT: "0",
+        INTERNAL_PORT: "0",
+        DATA_DIR: migratedDataDir(join(dataDir, "data")),
+        LOG_LEVEL: "info",
+        REQUEST_DEADLINE: `${DEADLINE}ms`,
       },
-    );
+      stdio: ["ignore", "pipe", "inherit"],
+    });
     try {
       const logs: LogLine[] = [];
       const url = await new Promise<string>((resolve, reject) => {

@@ -3,17 +3,17 @@ import { AuthServiceClient } from "@harmony-dev/harmony-web-sdk/dist/gen/auth/v1
 import { HrpcTransport } from "@harmony-dev/transport-hrpc";
 import { Secret, TOTP } from "otpauth";
 import { pino } from "pino";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type AppContext, createAppContext } from "../src/app-context.js";
 import { AccountService } from "../src/gen/cadenza/account/v1/account_pb.js";
 import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { type RunningServer, startServer } from "../src/server/listener.js";
 import { fastHasher, testConfig } from "./helpers/app.js";
+import { cliInProcess } from "./helpers/cli.js";
 import { createFakeClock } from "./helpers/clock.js";
 import { backends, type TestDatabase } from "./helpers/databases.js";
 import { newUser, register, type TestUser } from "./helpers/flow.js";
 import { type Answer, connectClient, type Shown, sdkClient } from "./helpers/generic-clients.js";
-import { runCli } from "./helpers/process.js";
 import { transportFactory } from "./helpers/server.js";
 
 /**
@@ -66,6 +66,7 @@ describe.each(backends)("the totp step in generic clients, on $name", (backend) 
     });
     server = await startServer(ctx);
   });
+  afterEach(() => clock.reset());
   afterAll(async () => {
     transports.closeAll();
     await server?.close();
@@ -149,7 +150,7 @@ describe.each(backends)("the totp step in generic clients, on $name", (backend) 
 
   it("the CLI turns a user's TOTP off through the admin API; the password then suffices", async () => {
     const user = await enrolled();
-    const off = await runCli(
+    const off = await cliInProcess(
       ["totp", "disable", user.username, "--server", server.internalUrl],
       {},
     );

@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { Code } from "@connectrpc/connect";
 import { Secret, TOTP } from "otpauth";
 import { pino } from "pino";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import type { StreamAccountEventsResponse } from "../src/gen/cadenza/homeserver/v1/homeserver_pb.js";
 import type { AuthStep } from "../src/gen/protocol/auth/v1/auth_pb.js";
 import { createTestApp, type TestApp } from "./helpers/app.js";
@@ -55,6 +55,7 @@ describe.each(backends)("TOTP and recovery codes on $name", (backend) => {
       logger: pino({ level: "trace" }, { write: (line: string) => logs.push(line) }),
     });
   });
+  afterEach(() => app.clock.reset());
   afterAll(async () => {
     await app?.close();
     await database?.close();

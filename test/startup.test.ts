@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { createClient } from "@connectrpc/connect";
 import { afterAll, describe, expect, it } from "vitest";
 import { AuthService } from "../src/gen/protocol/auth/v1/auth_pb.js";
-import { postgresBackend, type TestDatabase } from "./helpers/databases.js";
+import { migratedDataDir, postgresBackend, type TestDatabase } from "./helpers/databases.js";
 import { fakePostgres } from "./helpers/fake-postgres.js";
 import {
   runCli,
@@ -18,8 +18,8 @@ import { transportFactory } from "./helpers/server.js";
 
 /**
  * How long a start-up that fails its checks may take: loading src/main.ts
- * through tsx (a few seconds on these shared two-core machines) and the
- * checks themselves, which wait on nothing slow here.
+ * (a second or two on these shared two-core machines) and the checks
+ * themselves, which wait on nothing slow here.
  */
 const FAIL_MS = 20_000;
 /** How long startServerProcess waits for a server to listen (PGlite's initdb included). */
@@ -208,7 +208,8 @@ describe("one process per PGlite DATA_DIR", () => {
   it(
     "refuses a second server and the CLI while one runs, and is taken over after a kill -9",
     async () => {
-      const dataDir = join(tempDir(), "data");
+      // Made already: initdb's first start is test/processes.test.ts's.
+      const dataDir = migratedDataDir(join(tempDir(), "data"));
       const first = await startServerProcess({ DATA_DIR: dataDir });
       running.push(first);
       const pid = first.child.pid ?? 0;

@@ -54,6 +54,8 @@ interface PageWatch {
   readonly requests: string[];
   readonly violations: string[];
   readonly errors: string[];
+  /** Resolves with the first CSP violation, so far or to come, that `matches`. */
+  violation(matches: (text: string) => boolean): Promise<string>;
 }
 
 describe.skipIf(missing !== undefined)("the web client in Chromium", () => {
@@ -130,12 +132,31 @@ describe.skipIf(missing !== undefined)("the web client in Chromium", () => {
     const page = await context.newPage();
     // Under the test's own timeout, so a step that never comes fails with Playwright's call log.
     page.setDefaultTimeout(10_000);
-    const watch: PageWatch = { requests: [], violations: [], errors: [] };
+    const waiting = new Set<(text: string) => void>();
+    const violations: string[] = [];
+    const watch: PageWatch = {
+      requests: [],
+      violations,
+      errors: [],
+      violation: (matches) =>
+        new Promise((resolve) => {
+          const seen = violations.find(matches);
+          if (seen !== undefined) return resolve(seen);
+          const wake = (text: string) => {
+            if (!matches(text)) return;
+            waiting.delete(wake);
+            resolve(text);
+          };
+          waiting.add(wake);
+        }),
+    };
     watches.set(page, watch);
     page.on("request", (r) => watch.requests.push(r.url()));
     page.on("pageerror", (e) => watch.errors.push(e.message));
     page.on("console", (m) => {
-      if (/Content Security Policy|Trusted Type/i.test(m.text())) watch.violations.push(m.text());
+      if (!/Content Security Policy|Trusted Type/i.test(m.text())) return;
+      violations.push(m.text());
+      for (const wake of [...waiting]) wake(m.text());
     });
     await page.goto(url);
     return page;
@@ -416,8 +437,15 @@ describe.skipIf(missing !== undefined)("the web client in Chromium", () => {
     // The page came from the copy; every call went to cadenza.
     const watch = watches.get(page);
     const calls = (watch?.requests ?? []).filter((u) => u.includes("Service/"));
-    expect(calls.length).toBeGreaterThan(0);
     expect(calls.every((u) => u.startsWith(`${server.url}/`))).toBe(true);
+    // The sign-in and the account page's session list among them.
+    expect(calls.map((u) => new URL(u).pathname)).toEqual(
+      expect.arrayContaining([
+        "/protocol.auth.v1.AuthService/BeginAuth",
+        "/protocol.auth.v1.AuthService/NextStep",
+        "/cadenza.account.v1.AccountService/ListSessions",
+      ]),
+    );
   });
 
   it("is refused from an origin CORS_ORIGINS does not list", async () => {
@@ -434,7 +462,7 @@ describe.skipIf(missing !== undefined)("the web client in Chromium", () => {
     const page = await open(`${server.url}/?server=${encodeURIComponent(allowed.origin)}`);
     await step(page, "Cannot sign in");
     const watch = watches.get(page);
-    await expect.poll(() => watch?.violations.some((v) => v.includes("connect-src"))).toBe(true);
+    expect(await watch?.violation((v) => v.includes("connect-src"))).toContain(allowed.origin);
     // The browser sent nothing there: not even a preflight.
     const reached: SeenRequest[] = allowed.seen.slice(before);
     expect(reached).toEqual([]);

@@ -15,7 +15,7 @@ import { fastHasher, testConfig } from "./helpers/app.js";
 import { buildWebClient, chromiumMissing, launchChromium } from "./helpers/browser.js";
 import { pglite, type TestDatabase } from "./helpers/databases.js";
 import { newUser, register } from "./helpers/flow.js";
-import { freePort, transportFactory } from "./helpers/server.js";
+import { onFreePort, transportFactory } from "./helpers/server.js";
 
 /**
  * Passkeys in the reference web client, in Debian's headless Chromium with
@@ -58,26 +58,31 @@ describe.skipIf(missing !== undefined)("passkeys in the web client, in Chromium"
   beforeAll(async () => {
     mkdirSync(screenshots, { recursive: true });
     built = mkdtempSync(join(tmpdir(), "cadenza-web-build-"));
-    const [, db, chromium, port] = await Promise.all([
+    const [, db, chromium] = await Promise.all([
       buildWebClient(built),
       pglite.open(),
       launchChromium(),
-      freePort(),
     ]);
     database = db;
     browser = chromium;
-    origin = `http://localhost:${port}`;
-    ctx = await createAppContext(
-      testConfig({ PORT: String(port), SERVER_ID: `localhost:${port}`, SHUTDOWN_GRACE: "1s" }),
-      {
-        db: database.db,
-        hasher: fastHasher,
-        logger: pino({ level: "silent" }),
-        background: false,
-        webUiDir: built,
-      },
-    );
-    server = await startServer(ctx);
+    // Its SERVER_ID names its port, so the port is chosen before it listens.
+    await onFreePort(async (port) => {
+      origin = `http://localhost:${port}`;
+      ctx = await createAppContext(
+        testConfig({ PORT: String(port), SERVER_ID: `localhost:${port}`, SHUTDOWN_GRACE: "1s" }),
+        {
+          db: database.db,
+          hasher: fastHasher,
+          logger: pino({ level: "silent" }),
+          background: false,
+          webUiDir: built,
+        },
+      );
+      server = await startServer(ctx).catch(async (err: unknown) => {
+        await ctx.close();
+        throw err;
+      });
+    });
     auth = createClient(AuthService, transports.create("connect-json/http1", server.url));
   });
 

@@ -3,7 +3,7 @@ import { once } from "node:events";
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { freePort } from "./server.js";
+import { onFreePort } from "./server.js";
 
 /** `pgbouncer --version`'s first line when a pgbouncer binary is on PATH, else undefined. */
 export function pgbouncerVersion(): string | undefined {
@@ -86,13 +86,21 @@ function renderConfig(options: PgbouncerOptions, port: number, authFile: string)
  * root"), so as root it is started with `-u nobody`, which it switches to
  * itself; the directory is then made readable by that user.
  */
-export async function startPgbouncer(
+export function startPgbouncer(
   options: PgbouncerOptions,
   readyWithinMs = 10_000,
 ): Promise<PgbouncerProcess> {
+  // Its config file gives it its port.
+  return onFreePort((port) => startPgbouncerOn(port, options, readyWithinMs));
+}
+
+async function startPgbouncerOn(
+  port: number,
+  options: PgbouncerOptions,
+  readyWithinMs: number,
+): Promise<PgbouncerProcess> {
   const dir = mkdtempSync(join(tmpdir(), "cadenza-pgbouncer-"));
   const asRoot = process.getuid?.() === 0;
-  const port = await freePort();
   const up = new URL(options.upstream);
   const authFile = join(dir, "users.txt");
   // With auth_type = trust the user must still be listed; the password is not checked.

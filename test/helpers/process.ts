@@ -1,9 +1,20 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
+import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import { inject } from "vitest";
 
 const root = fileURLToPath(new URL("../../", import.meta.url));
+
+/**
+ * The command line that runs `src/<name>.ts` as its own process: node on this
+ * run's JavaScript copy of src/ (test/helpers/global-setup.ts), as `npm start`
+ * runs dist/, from the repository's folder.
+ */
+export function entryPoint(name: "main" | "cli"): readonly [string, string] {
+  return [process.execPath, join(inject("serverBuild"), "src", `${name}.js`)];
+}
 
 export interface ServerProcess {
   readonly url: string;
@@ -26,11 +37,12 @@ const quiet = {
 };
 
 /**
- * Runs `src/main.ts` as its own process, the way `npm start` does (through tsx
- * rather than a build), and resolves once it logs the address it listens on.
+ * Runs `src/main.ts` as its own process, the way `npm start` does (see
+ * {@link entryPoint}), and resolves once it logs the address it listens on.
  */
 export async function startServerProcess(env: Record<string, string>): Promise<ServerProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+  const [node, main] = entryPoint("main");
+  const child = spawn(node, [main], {
     cwd: root,
     env: { ...process.env, ...quiet, ...env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -83,7 +95,8 @@ export async function runCli(
   args: readonly string[],
   env: Record<string, string>,
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli.ts", ...args], {
+  const [node, cli] = entryPoint("cli");
+  const child = spawn(node, [cli, ...args], {
     cwd: root,
     env: { ...process.env, LOG_LEVEL: "warn", ...env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -109,7 +122,8 @@ export async function runServerToExit(
   env: Record<string, string>,
   timeoutMs: number,
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/main.ts"], {
+  const [node, main] = entryPoint("main");
+  const child = spawn(node, [main], {
     cwd: root,
     env: { ...process.env, ...quiet, ...env },
     stdio: ["ignore", "pipe", "pipe"],

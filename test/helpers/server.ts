@@ -110,7 +110,11 @@ export function selfSignedCertificate(): { certFile: string; keyFile: string; ce
   return { certFile, keyFile, cert: readFileSync(certFile) };
 }
 
-/** A port free on 127.0.0.1 right now, for servers whose SERVER_ID must name their port. */
+/**
+ * A port free on 127.0.0.1 right now, where nothing may listen (a refused
+ * connection); for something that must be told its port before it listens,
+ * {@link onFreePort}.
+ */
 export async function freePort(): Promise<number> {
   const server = createServer();
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -126,3 +130,25 @@ export async function freePort(): Promise<number> {
  */
 export const stepStreamPaths = ["direct", "pipeline"] as const;
 export type StepStreamPath = (typeof stepStreamPaths)[number];
+
+/** Whether `err` says a port was taken: Node's EADDRINUSE, or a child's report of it. */
+function portTaken(err: unknown): boolean {
+  if ((err as NodeJS.ErrnoException | undefined)?.code === "EADDRINUSE") return true;
+  return /EADDRINUSE|address already in use/i.test(String((err as Error | undefined)?.message));
+}
+
+/**
+ * Starts something that must be told its port before it listens (a
+ * SERVER_ID names it; Caddy's and PgBouncer's configs give it), on a port
+ * that was free a moment ago, and on another if something took that one in
+ * between. `start` must clean up after itself when it fails.
+ */
+export async function onFreePort<T>(start: (port: number) => Promise<T>, attempts = 5): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await start(await freePort());
+    } catch (err) {
+      if (attempt >= attempts || !portTaken(err)) throw err;
+    }
+  }
+}
