@@ -1,10 +1,14 @@
 import { createCipheriv, createDecipheriv, randomBytes } from "node:crypto";
 import type { Logger } from "pino";
 import type { Clock } from "../clock.js";
+import { isDatabaseUnavailable } from "../db/connection-failure.js";
 import type { Database } from "../db/database.js";
 import { StartupError } from "../errors.js";
 import { generateKeyPair, publicKeyOf } from "./ed25519.js";
 import type { ServerKeyStore, StoredServerKey } from "./stores.js";
+
+/** How soon a key reload that found the database unreachable tries again. */
+const RELOAD_RETRY_MS = 5_000;
 
 /** This homeserver's signing key, as kept in memory. */
 export interface ServerKey {
@@ -125,7 +129,9 @@ export async function createServerKeys(deps: ServerKeysDeps): Promise<ServerKeys
     });
 
   let current = await loadOrCreate();
-  const unlisten = await keyStore.listenRotations(db, () => {
+  let retry: NodeJS.Timeout | undefined;
+  /** Reads the current key after a rotation notice (or a reconnect that may have missed one). */
+  const reload = (): void => {
     keyStore.current(db).then(
       (stored) => {
         if (stored && stored.id !== current.id) {
@@ -133,9 +139,23 @@ export async function createServerKeys(deps: ServerKeysDeps): Promise<ServerKeys
           logger.info({ keyId: current.id }, "server key rotated");
         }
       },
-      (err: unknown) => logger.error({ err }, "reloading the server key failed"),
+      (err: unknown) => {
+        if (!isDatabaseUnavailable(err)) {
+          logger.error({ err }, "reloading the server key failed");
+          return;
+        }
+        // The outage itself is logged once, by the database layer: read again once it may be over.
+        logger.warn(
+          { retryInMs: RELOAD_RETRY_MS },
+          "reloading the server key waits for the database",
+        );
+        clearTimeout(retry);
+        retry = setTimeout(reload, RELOAD_RETRY_MS);
+        retry.unref();
+      },
     );
-  });
+  };
+  const unlisten = await keyStore.listenRotations(db, reload);
 
   return {
     current: () => current,
@@ -149,6 +169,9 @@ export async function createServerKeys(deps: ServerKeysDeps): Promise<ServerKeys
       current = { id, ...pair, createdAt: now, encrypted: kek !== undefined };
       return current;
     },
-    close: unlisten,
+    async close() {
+      clearTimeout(retry);
+      await unlisten();
+    },
   };
 }
